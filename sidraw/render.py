@@ -1,0 +1,83 @@
+"""Rendering a (denoised) CFA mosaic to RGB through LibRaw, with the file's own metadata.
+
+LibRaw applies the camera's black levels, as-shot white balance, demosaicing and colour matrix, so
+every camera it knows is rendered with its own colours; sidraw only swaps the photosite values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import rawpy
+
+ColorSpace = Literal["srgb", "adobe", "p3", "rec2020", "prophoto", "xyz", "raw"]
+
+_LIBRAW_SPACE = {
+    "srgb": rawpy.ColorSpace.sRGB,
+    "adobe": rawpy.ColorSpace.Adobe,
+    "p3": rawpy.ColorSpace.P3D65,
+    "rec2020": rawpy.ColorSpace.Rec2020,
+    "prophoto": rawpy.ColorSpace.ProPhoto,
+    "xyz": rawpy.ColorSpace.XYZ,
+    "raw": rawpy.ColorSpace.raw,
+}
+
+# sRGB transfer curve as LibRaw takes it: (1 / exponent, slope of the linear toe).
+SRGB_GAMMA = (2.4, 12.92)
+LINEAR_GAMMA = (1.0, 1.0)
+
+
+def render_params(
+    *,
+    linear: bool = False,
+    color_space: ColorSpace = "srgb",
+    half_size: bool = False,
+    threads_hint: int | None = None,
+) -> rawpy.Params:
+    """LibRaw settings for sidraw's rendering: camera white balance, no auto brightening, 16 bit.
+
+    Highlights are clipped after white balance so that saturated photosites come out neutral.
+    """
+    del threads_hint  # LibRaw's demosaic threads are chosen by its OpenMP build.
+    return rawpy.Params(
+        use_camera_wb=True,
+        use_auto_wb=False,
+        no_auto_bright=True,
+        output_bps=16,
+        gamma=LINEAR_GAMMA if linear else SRGB_GAMMA,
+        output_color=_LIBRAW_SPACE[color_space],
+        highlight_mode=rawpy.HighlightMode.Clip,
+        half_size=half_size,
+        user_sat=None,
+    )
+
+
+def render(
+    raw: rawpy.RawPy,
+    mosaic: np.ndarray | None = None,
+    *,
+    linear: bool = False,
+    color_space: ColorSpace = "srgb",
+    half_size: bool = False,
+) -> np.ndarray:
+    """Render a mosaic with the metadata of an open raw file.
+
+    Args:
+        raw: an open rawpy file (its pixels are replaced in place when ``mosaic`` is given).
+        mosaic: (H, W) uint16 DN with black level included, the shape of ``raw.raw_image_visible``;
+            None renders the file's own pixels.
+        linear: linear transfer instead of the sRGB curve.
+        color_space: output primaries.
+        half_size: LibRaw's half-size mode (no demosaic, quick previews).
+
+    Returns:
+        (H', W', 3) uint16 RGB, oriented as the camera recorded (LibRaw applies the flip).
+    """
+    if mosaic is not None:
+        visible = raw.raw_image_visible
+        if mosaic.shape != visible.shape:
+            raise ValueError(f"mosaic shape {mosaic.shape} differs from the raw's {visible.shape}")
+        visible[...] = mosaic
+    params = render_params(linear=linear, color_space=color_space, half_size=half_size)
+    return raw.postprocess(params)
