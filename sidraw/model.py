@@ -1,0 +1,275 @@
+"""Models: finding them through their model cards, checking them, running them with onnxruntime.
+
+A model is an ONNX file plus a JSON model card beside it (``<name>.json``) that says which CFA it
+is for, its channel order, its downsampling factor and the sha256 of the ONNX file, checked when
+the model is loaded. The bundled models live in the package's ``weights/`` folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import ModelError
+from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
+
+Device = Literal["auto", "cpu", "cuda"]
+
+_EXPECTED_CHANNELS = {"bayer": list(BAYER_CHANNELS), "xtrans": list(XTRANS_CHANNELS)}
+
+
+def bundled_weights_dir() -> Path:
+    """The folder of bundled models: ``sidraw/weights`` in a wheel, ``weights/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "weights"
+    if installed.is_dir():
+        return installed
+    return here.parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The machine-readable model card.
+
+    Attributes:
+        name: model name (e.g. ``"sidraw-bayer"``).
+        path: the ONNX file.
+        sha256: expected hex digest of the ONNX file.
+        cfa: ``"bayer"`` or ``"xtrans"``.
+        channels: channel colours in packed order.
+        downsample: tile sizes must be multiples of this.
+        input_name, output_name: ONNX tensor names.
+        input_clip: (lo, hi) clip of the amplified input.
+        raw: the whole card as loaded.
+    """
+
+    name: str
+    path: Path
+    sha256: str
+    cfa: str
+    channels: tuple[str, ...]
+    downsample: int = 16
+    input_name: str = "input"
+    output_name: str = "output"
+    input_clip: tuple[float, float] = (-1.0, 1.0)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
+    """Read and validate a JSON model card.
+
+    Raises:
+        ModelError: unreadable JSON, missing keys, or values that do not fit sidraw's packing.
+    """
+    path = Path(card_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError("model card not found", path) from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable model card ({exc})", path) from None
+    try:
+        cfa = str(data["cfa"])
+        channels = tuple(str(c) for c in data["channels"])
+        onnx_file = path.parent / str(data["file"])
+        sha = str(data["sha256"]).lower()
+        norm = data.get("normalisation", {})
+        clip = tuple(float(v) for v in norm.get("input_clip", (-1.0, 1.0)))
+        card = ModelCard(
+            name=str(data.get("name", path.stem)),
+            path=onnx_file,
+            sha256=sha,
+            cfa=cfa,
+            channels=channels,
+            downsample=int(data.get("downsample", 16)),
+            input_name=str(data.get("input_name", "input")),
+            output_name=str(data.get("output_name", "output")),
+            input_clip=(clip[0], clip[1]),
+            raw=data,
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelError(f"model card lacks a valid {exc}", path) from None
+    if cfa not in _EXPECTED_CHANNELS:
+        raise ModelError(f"model card names an unknown CFA kind {cfa!r}", path)
+    if list(channels) != _EXPECTED_CHANNELS[cfa]:
+        raise ModelError(f"model card channel order {channels} is not sidraw's {cfa} order", path)
+    if card.downsample < 1 or card.downsample & (card.downsample - 1):
+        raise ModelError("model card downsample must be a power of two", path)
+    return card
+
+
+def find_cards(folder: str | os.PathLike[str] | None = None) -> list[ModelCard]:
+    """All valid model cards in a folder (default: the bundled weights)."""
+    root = Path(folder) if folder is not None else bundled_weights_dir()
+    cards = []
+    for p in sorted(root.glob("*.json")):
+        try:
+            cards.append(load_card(p))
+        except ModelError:
+            continue
+    return cards
+
+
+def card_for(cfa: str, model: str | os.PathLike[str] | None = None) -> ModelCard:
+    """The model card to use for a CFA kind.
+
+    Args:
+        cfa: ``"bayer"`` or ``"xtrans"``.
+        model: a model card (``.json``), an ONNX file with a card beside it, a folder of cards, or
+            None for the bundled models.
+
+    Raises:
+        ModelError: no model for this CFA kind, or the given model is for another kind.
+    """
+    if model is not None:
+        p = Path(model)
+        if p.is_dir():
+            cards = [c for c in find_cards(p) if c.cfa == cfa]
+            if not cards:
+                raise ModelError(f"no {cfa} model card in this folder", p)
+            return cards[0]
+        card_path = p if p.suffix.lower() == ".json" else p.with_suffix(".json")
+        card = load_card(card_path)
+        if card.cfa != cfa:
+            raise ModelError(f"model is for {card.cfa} sensors, this file needs {cfa}", p)
+        return card
+    cards = [c for c in find_cards() if c.cfa == cfa]
+    if not cards:
+        raise ModelError(
+            f"no bundled {cfa} model found in {bundled_weights_dir()}; "
+            "pass --model PATH to a model card"
+        )
+    return cards[0]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (logical / 2 when SMT is likely)."""
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:
+        logical = os.cpu_count() or 1
+    try:
+        siblings: set[str] = set()
+        for cpu in range(os.cpu_count() or 1):
+            p = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            if p.exists():
+                siblings.add(p.read_text().strip())
+        if siblings:
+            return max(1, min(logical, len(siblings)))
+    except OSError:
+        pass
+    return max(1, logical)
+
+
+def _providers(device: Device) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ModelError(
+                "--device cuda needs onnxruntime-gpu and a CUDA GPU (pip install sidraw[gpu])"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Network:
+    """An onnxruntime session for one model card.
+
+    Args:
+        card: the model card; its ONNX file's sha256 is checked here.
+        device: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``"cpu"``, ``"cuda"``.
+        threads: intra-op threads (default: physical cores).
+    """
+
+    def __init__(self, card: ModelCard, device: Device = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        if not card.path.is_file():
+            raise ModelError("model file not found", card.path)
+        actual = file_sha256(card.path)
+        if card.sha256 and actual != card.sha256:
+            raise ModelError(
+                f"sha256 mismatch: card says {card.sha256[:16]}…, file is {actual[:16]}…",
+                card.path,
+            )
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or physical_cores()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(card.path), sess_options=opts, providers=_providers(device)
+            )
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own, untyped, errors
+            raise ModelError(f"onnxruntime cannot load it ({exc})", card.path) from None
+        self.card = card
+        self.providers = tuple(self.session.get_providers())
+        self.threads = opts.intra_op_num_threads
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers and self.providers[0].startswith("CUDA") else "cpu"
+
+    def check_layout(self, layout: Layout, path: str) -> None:
+        if layout.kind != self.card.cfa:
+            raise ModelError(
+                f"model {self.card.name} is for {self.card.cfa} sensors, this file is {layout.kind}",
+                path,
+            )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a (N, C, h, w) float32 batch; returns (N, C, h, w) float32."""
+        (out,) = self.session.run(
+            [self.card.output_name], {self.card.input_name: batch.astype(np.float32, copy=False)}
+        )
+        return np.asarray(out, dtype=np.float32)
+
+
+class ModelCache:
+    """Loads one :class:`Network` per CFA kind on first use and keeps it for a batch.
+
+    Args:
+        model: as for :func:`card_for` (None: bundled models).
+        device, threads: as for :class:`Network`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        device: Device = "auto",
+        threads: int | None = None,
+    ) -> None:
+        self.model = model
+        self.device: Device = device
+        self.threads = threads
+        self._networks: dict[str, Network] = {}
+
+    def get(self, cfa: str) -> Network:
+        if cfa not in self._networks:
+            card = card_for(cfa, self.model)
+            self._networks[cfa] = Network(card, self.device, self.threads)
+        return self._networks[cfa]

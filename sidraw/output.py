@@ -1,0 +1,193 @@
+"""Writing output images: 16-bit TIFF or PNG, atomically.
+
+An output is first written to a hidden temporary file in the destination folder, flushed and
+fsynced, then moved to its final name in one step, so a crash, a full disk or Ctrl-C never leaves a
+truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import numpy as np
+
+from .errors import OutputError
+
+ImageFormat = Literal["tiff", "png", "dng"]
+
+EXTENSIONS: dict[str, str] = {"tiff": ".tif", "png": ".png", "dng": ".dng"}
+
+TMP_PREFIX = ".sidraw-"
+TMP_SUFFIX = ".tmp"
+
+
+def encode_tiff(rgb: np.ndarray, *, icc: bytes | None = None, software: str | None = None) -> bytes:
+    """Encode an (H, W, 3) uint16 image as a deflate-compressed TIFF."""
+    import tifffile
+
+    buf = io.BytesIO()
+    extratags = []
+    if icc:
+        extratags.append((34675, "B", len(icc), icc, True))  # InterColorProfile
+    tifffile.imwrite(
+        buf,
+        rgb,
+        photometric="rgb",
+        compression="zlib",
+        predictor=True,
+        metadata=None,
+        software=software,
+        extratags=extratags,
+    )
+    return buf.getvalue()
+
+
+def encode_png(rgb: np.ndarray, *, icc: bytes | None = None) -> bytes:
+    """Encode an (H, W, 3) uint16 image as a 16-bit PNG."""
+    import imagecodecs
+
+    data = bytes(imagecodecs.png_encode(rgb, level=6))
+    if icc:
+        data = _png_with_iccp(data, icc)
+    return data
+
+
+def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
+    import struct
+    import zlib
+
+    chunk_data = b"ICC Profile\x00\x00" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(chunk_data)) + b"iCCP" + chunk_data
+    chunk += struct.pack(">I", zlib.crc32(b"iCCP" + chunk_data) & 0xFFFFFFFF)
+    # The iCCP chunk must precede IDAT; IHDR is always the first chunk (8 + 25 bytes).
+    head = 8 + 25
+    return png[:head] + chunk + png[head:]
+
+
+def encode_image(
+    rgb: np.ndarray, fmt: ImageFormat, *, icc: bytes | None = None, software: str | None = None
+) -> bytes:
+    """Encode an (H, W, 3) uint16 RGB image in ``fmt`` (``"tiff"`` or ``"png"``)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint16:
+        raise ValueError(f"expected (H, W, 3) uint16, got {rgb.shape} {rgb.dtype}")
+    if fmt == "tiff":
+        return encode_tiff(rgb, icc=icc, software=software)
+    if fmt == "png":
+        return encode_png(rgb, icc=icc)
+    raise ValueError(f"unknown image format {fmt!r}")
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno == errno.EEXIST:
+        return "already exists"
+    return exc.strerror or str(exc)
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    writer: Callable[[BinaryIO], None] | bytes,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write a file atomically: temporary file in the same folder, fsync, then rename.
+
+    Args:
+        path: final file name.
+        writer: the bytes to write, or a function that writes them to a binary file object.
+        overwrite: replace an existing file; otherwise an existing file is an error.
+
+    Raises:
+        OutputError: the file exists (without ``overwrite``), the folder is not writable, or the
+            disk is full. No temporary file is left behind.
+    """
+    final = Path(path)
+    folder = final.parent
+    if final.is_dir():
+        raise OutputError("a folder of that name exists", final)
+    if not overwrite and final.exists():
+        raise OutputError("already exists (use --overwrite to replace it)", final)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write here: {_describe_os_error(exc)}", final) from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(writer, (bytes, bytearray, memoryview)):
+                f.write(writer)
+            else:
+                writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            _link_no_replace(tmp, final)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write: {_describe_os_error(exc)}", final) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _link_no_replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final`` unless ``final`` exists (no check-then-write race)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise OSError(errno.EEXIST, "already exists") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # File systems without hard links (some FUSE, SMB): fall back to a checked rename.
+        if final.exists():
+            raise OSError(errno.EEXIST, "already exists") from None
+        os.replace(tmp, final)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later.
+_UMASK = _read_umask()
+
+
+def cleanup_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove sidraw temporary files left in a folder by a killed run; returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed

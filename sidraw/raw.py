@@ -1,0 +1,371 @@
+"""Reading raw files: photosites, CFA layout and levels through LibRaw, exposure data through EXIF.
+
+This is the input edge of the pipeline: everything after it works on numpy arrays and the small
+:class:`RawInfo` record.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import exifread
+import numpy as np
+import rawpy
+
+from .errors import CorruptFileError, InputError, MetadataError, UnsupportedFileError
+from .mosaic import Layout, layout_from_pattern
+
+#: Extensions (lower case, with dot) that batch mode picks up from folders. Any file given
+#: explicitly is tried whatever its extension.
+RAW_EXTENSIONS = frozenset(
+    ".3fr .ari .arw .bay .cap .cr2 .cr3 .crw .dcr .dcs .dng .drf .eip .erf .fff .iiq .k25 .kdc "
+    ".mdc .mef .mos .mrw .nef .nrw .orf .pef .ptx .pxn .r3d .raf .raw .rw2 .rwl .rwz .sr2 .srf "
+    ".srw .x3f".split()
+)
+
+#: Largest photosite count accepted before decoding (500 MP, beyond pixel-shift composites);
+#: protects memory from absurd header values.
+MAX_PHOTOSITES = 500_000_000
+
+# Lossless and lossy raw codecs stay above ~0.25 byte per photosite; a file far below that
+# cannot hold its image data (it was truncated), even though LibRaw may decode it silently.
+_MIN_BYTES_PER_PHOTOSITE = 0.05
+# Files smaller than this are decoded before the truncation check (the decode is then cheap).
+_SMALL_DECODE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExifInfo:
+    """Exposure metadata from EXIF; every field may be missing (None)."""
+
+    make: str | None = None
+    model: str | None = None
+    lens_model: str | None = None
+    exposure_time: float | None = None  # seconds
+    f_number: float | None = None
+    iso: float | None = None
+    focal_length: float | None = None  # mm
+    datetime_original: str | None = None  # "YYYY:MM:DD HH:MM:SS"
+    orientation: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RawInfo:
+    """What sidraw knows about one raw file, without its pixels.
+
+    Attributes:
+        path: file name as given.
+        format: upper-case extension (e.g. ``"ARW"``).
+        width, height: visible photosites.
+        layout: the CFA packing layout.
+        black: (P, P) float32 black level of each CFA position in DN.
+        white: white (saturation) level in DN.
+        wb_multipliers: as-shot white-balance gains (R, G, B), green = 1.
+        color_matrix: (3, 3) XYZ -> camera matrix from the file (LibRaw ``rgb_xyz_matrix``).
+        exif: exposure metadata.
+        flip: LibRaw orientation code (0 none, 3 = 180, 5 = 90 CCW, 6 = 90 CW).
+    """
+
+    path: str
+    format: str
+    width: int
+    height: int
+    layout: Layout
+    black: np.ndarray
+    white: float
+    wb_multipliers: tuple[float, float, float]
+    color_matrix: np.ndarray
+    exif: ExifInfo = field(default_factory=ExifInfo)
+    flip: int = 0
+
+    @property
+    def cfa_pattern(self) -> str:
+        """The CFA pattern as letters, row-major from the top-left visible photosite."""
+        return "".join(str(c) for c in self.layout.pattern.ravel())
+
+
+@dataclass
+class RawFile:
+    """An open raw file: metadata, the visible mosaic and the LibRaw handle used for rendering.
+
+    Attributes:
+        info: metadata.
+        mosaic: (H, W) uint16 visible photosites in DN (black level included), a view into
+            LibRaw's buffer: it is overwritten when a new mosaic is rendered.
+        handle: the open ``rawpy.RawPy``.
+    """
+
+    info: RawInfo
+    mosaic: np.ndarray
+    handle: rawpy.RawPy
+
+
+def _ratio_value(tag: Any) -> float | None:
+    try:
+        value = tag.values[0]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    try:
+        if hasattr(value, "num"):
+            if value.den == 0:
+                return None
+            return float(Fraction(value.num, value.den))
+        return float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _text_value(tag: Any) -> str | None:
+    if tag is None:
+        return None
+    text = str(tag.printable if hasattr(tag, "printable") else tag).strip().strip("\x00").strip()
+    return text or None
+
+
+def parse_exif(tags: dict[str, Any]) -> ExifInfo:
+    """Exposure metadata from an exifread tag dictionary.
+
+    Both the ``EXIF ...`` sub-IFD and the ``Image ...`` (IFD0, as TIFF/EP and some raw formats
+    store them) spellings are accepted; the EXIF one wins when both exist.
+    """
+
+    def pick(name: str) -> Any:
+        return tags.get(f"EXIF {name}") or tags.get(f"Image {name}")
+
+    iso_tag = pick("ISOSpeedRatings") or pick("PhotographicSensitivity") or pick("ISOSpeed")
+    orientation = tags.get("Image Orientation")
+    orient_value: int | None = None
+    if orientation is not None:
+        try:
+            orient_value = int(orientation.values[0])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            orient_value = None
+    exposure = _ratio_value(pick("ExposureTime"))
+    return ExifInfo(
+        make=_text_value(tags.get("Image Make")),
+        model=_text_value(tags.get("Image Model")),
+        lens_model=_text_value(pick("LensModel")),
+        exposure_time=exposure if exposure and exposure > 0 else None,
+        f_number=_ratio_value(pick("FNumber")) or None,
+        iso=_ratio_value(iso_tag) or None,
+        focal_length=_ratio_value(pick("FocalLength")) or None,
+        datetime_original=_text_value(pick("DateTimeOriginal")),
+        orientation=orient_value,
+    )
+
+
+def read_exif(data: bytes) -> ExifInfo:
+    """Parse EXIF from the bytes of a raw file; a file without EXIF gives empty fields."""
+    try:
+        tags = exifread.process_file(io.BytesIO(data), details=False, debug=False)
+    except Exception:  # exifread raises many kinds on odd files; EXIF is optional
+        tags = {}
+    return parse_exif(tags)
+
+
+def _check_input_path(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except PermissionError:
+        raise InputError("permission denied", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory, not a raw file", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file", path)
+    if st.st_size == 0:
+        raise CorruptFileError("empty file", path)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise InputError("permission denied", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", path) from None
+
+
+def _open_libraw(data: bytes, name: str) -> rawpy.RawPy:
+    raw = rawpy.RawPy()
+    try:
+        raw.open_buffer(io.BytesIO(data))
+    except rawpy.LibRawFileUnsupportedError:
+        raw.close()
+        raise UnsupportedFileError("not a raw format LibRaw can read", name) from None
+    except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
+        raw.close()
+        raise CorruptFileError(f"damaged or truncated raw data ({_libraw_reason(exc)})", name) from None
+    except rawpy.LibRawError as exc:
+        raw.close()
+        raise CorruptFileError(f"LibRaw cannot open it ({_libraw_reason(exc)})", name) from None
+    return raw
+
+
+def _libraw_reason(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else exc
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text).strip() or type(exc).__name__
+
+
+def _check_sizes(raw: rawpy.RawPy, name: str) -> None:
+    sizes = raw.sizes
+    photosites = int(sizes.raw_width) * int(sizes.raw_height)
+    if sizes.width < 6 or sizes.height < 6 or photosites <= 0:
+        raise MetadataError(f"implausible image size {sizes.width}x{sizes.height}", name)
+    if photosites > MAX_PHOTOSITES:
+        raise MetadataError(
+            f"implausible image size {sizes.raw_width}x{sizes.raw_height} in the header", name
+        )
+
+
+def _check_bytes(raw: rawpy.RawPy, n_bytes: int, name: str) -> None:
+    sizes = raw.sizes
+    if n_bytes < int(sizes.raw_width) * int(sizes.raw_height) * _MIN_BYTES_PER_PHOTOSITE:
+        raise CorruptFileError(
+            f"truncated: {n_bytes} bytes cannot hold {sizes.raw_width}x{sizes.raw_height} "
+            "photosites",
+            name,
+        )
+
+
+def _unpack(raw: rawpy.RawPy, name: str) -> None:
+    try:
+        raw.unpack()
+    except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
+        raise CorruptFileError(f"damaged or truncated raw data ({_libraw_reason(exc)})", name) from None
+    except rawpy.LibRawError as exc:
+        raise CorruptFileError(f"LibRaw cannot decode it ({_libraw_reason(exc)})", name) from None
+
+
+def _layout(raw: rawpy.RawPy, name: str) -> Layout:
+    pattern = raw.raw_pattern
+    if pattern is None or raw.raw_type != rawpy.RawType.Flat:
+        raise UnsupportedFileError(
+            "linear (already demosaiced) raw files are not supported yet: sidraw needs the "
+            "sensor's colour filter mosaic",
+            name,
+        )
+    desc = raw.color_desc.decode("ascii", errors="replace")
+    if raw.num_colors != 3 or any(c not in "RGB" for c in desc):
+        raise UnsupportedFileError(f"unsupported colour filters {desc!r} (only RGB CFAs)", name)
+    try:
+        return layout_from_pattern(np.asarray(pattern), desc)
+    except UnsupportedFileError as exc:
+        raise UnsupportedFileError(exc.reason, name) from None
+
+
+def _levels(raw: rawpy.RawPy, layout: Layout, name: str) -> tuple[np.ndarray, float]:
+    per_colour = np.asarray(raw.black_level_per_channel, dtype=np.float32)
+    black = per_colour[np.asarray(raw.raw_pattern)]
+    white = float(raw.white_level)
+    if not np.isfinite(white) or white <= float(black.max()) + 16:
+        raise MetadataError(f"implausible levels (black {black.max():g}, white {white:g})", name)
+    return black.astype(np.float32), white
+
+
+def _wb(raw: rawpy.RawPy) -> tuple[float, float, float]:
+    wb = [float(v) for v in raw.camera_whitebalance[:3]]
+    if not all(np.isfinite(wb)) or min(wb) <= 0:
+        wb = [float(v) for v in raw.daylight_whitebalance[:3]]
+    if not all(np.isfinite(wb)) or min(wb) <= 0:
+        return (1.0, 1.0, 1.0)
+    g = wb[1]
+    return (wb[0] / g, 1.0, wb[2] / g)
+
+
+def _check_pixels(mosaic: np.ndarray, black: np.ndarray, name: str) -> None:
+    # A truncated file that LibRaw decodes without complaint leaves its missing rows at zero.
+    step = max(1, int(np.sqrt(mosaic.size / 250_000)))
+    sample = mosaic[::step, ::step]
+    if sample.size and int(sample.max()) == int(sample.min()):
+        raise CorruptFileError(
+            f"no image data: every photosite has the value {int(sample.max())}", name
+        )
+    if float(black.min()) > 0:
+        zero_rows = np.all(sample == 0, axis=1)
+        if zero_rows.mean() > 0.05:
+            raise CorruptFileError(
+                f"truncated: {zero_rows.mean():.0%} of the rows hold no data", name
+            )
+
+
+def _info(raw: rawpy.RawPy, name: str, exif: ExifInfo, layout: Layout) -> RawInfo:
+    black, white = _levels(raw, layout, name)
+    sizes = raw.sizes
+    return RawInfo(
+        path=name,
+        format=Path(name).suffix.lstrip(".").upper() or "RAW",
+        width=int(sizes.width),
+        height=int(sizes.height),
+        layout=layout,
+        black=black,
+        white=white,
+        wb_multipliers=_wb(raw),
+        color_matrix=np.asarray(raw.rgb_xyz_matrix[:3], dtype=np.float64),
+        exif=exif,
+        flip=int(sizes.flip),
+    )
+
+
+@contextmanager
+def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterator[RawFile]:
+    """Open a raw file for conversion; the LibRaw handle is closed on exit.
+
+    Args:
+        path: the file (also used in error messages when ``data`` is given).
+        data: the file's bytes, if already read (e.g. from stdin).
+
+    Raises:
+        InputError: missing, unreadable, a directory, or empty.
+        UnsupportedFileError: not a raw format, or a sensor layout sidraw cannot pack.
+        CorruptFileError: truncated or damaged image data.
+        MetadataError: implausible sizes or levels.
+    """
+    p = Path(path)
+    name = str(path)
+    if data is None:
+        _check_input_path(p)
+        data = _read_bytes(p)
+    elif len(data) == 0:
+        raise CorruptFileError("empty file", name)
+    raw = _open_libraw(data, name)
+    try:
+        _check_sizes(raw, name)
+        if len(data) < _SMALL_DECODE_BYTES:
+            # Cheap to decode: do it first so a linear DNG is reported as such, not as truncated.
+            _unpack(raw, name)
+            layout = _layout(raw, name)
+            _check_bytes(raw, len(data), name)
+        else:
+            _check_bytes(raw, len(data), name)
+            _unpack(raw, name)
+            layout = _layout(raw, name)
+        info = _info(raw, name, read_exif(data), layout)
+        del data
+        mosaic = raw.raw_image_visible
+        if mosaic.shape != (info.height, info.width):
+            raise MetadataError(f"visible area {mosaic.shape} differs from the header", name)
+        _check_pixels(mosaic, info.black, name)
+        yield RawFile(info=info, mosaic=mosaic, handle=raw)
+    finally:
+        raw.close()
+
+
+def read_info(path: str | os.PathLike[str]) -> tuple[RawInfo, np.ndarray]:
+    """Metadata and a copy of the visible mosaic ((H, W) uint16 DN) of a raw file."""
+    with open_raw(path) as rf:
+        return rf.info, np.array(rf.mosaic, copy=True)

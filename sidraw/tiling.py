@@ -1,0 +1,159 @@
+"""Overlapping tiles: run a network on an image of any size with bounded memory, without seams.
+
+The packed image is reflect-padded by ``margin`` on every side (so border pixels see context like
+inner ones) and at the end of each axis so that tiles of ``tile`` pixels with stride
+``tile - overlap`` cover it exactly. ``tile`` and ``overlap`` are multiples of the network's
+downsampling factor, so every tile origin is aligned to it. Neighbouring tiles are blended with
+raised-cosine ramps over the overlap, whose weights add up to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+#: A function from a (1, C, t, t') float32 NCHW batch to a (1, C', t, t') float32 batch.
+TileFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """Tiling of one axis: ``origins`` in padded coordinates, of tiles ``size`` long."""
+
+    length: int
+    margin: int
+    padded: int
+    size: int
+    overlap: int
+    origins: tuple[int, ...]
+
+
+def plan_axis(length: int, tile: int, overlap: int, multiple: int, margin: int) -> AxisPlan:
+    """Tile one axis of ``length`` pixels.
+
+    Tiles are ``tile`` long (or the whole padded axis when that is shorter), overlap by
+    ``overlap`` and start at multiples of ``multiple``.
+    """
+    if tile % multiple or overlap % multiple:
+        raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {multiple}")
+    if not 0 <= overlap < tile:
+        raise ValueError("overlap must be smaller than the tile")
+    body = length + 2 * margin
+    if body <= tile:
+        size = _round_up(body, multiple)
+        return AxisPlan(length, margin, size, size, 0, (0,))
+    stride = tile - overlap
+    count = -(-(body - tile) // stride) + 1
+    padded = tile + (count - 1) * stride
+    origins = tuple(i * stride for i in range(count))
+    return AxisPlan(length, margin, padded, tile, overlap, origins)
+
+
+def _ramp(n: int) -> np.ndarray:
+    i = np.arange(n, dtype=np.float64)
+    return (0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / n)).astype(np.float32)
+
+
+def axis_weight(plan: AxisPlan, k: int) -> np.ndarray:
+    """(size,) float32 blending weight of tile ``k`` along one axis."""
+    w = np.ones(plan.size, dtype=np.float32)
+    if plan.overlap:
+        ramp = _ramp(plan.overlap)
+        if k > 0:
+            w[: plan.overlap] = ramp
+        if k < len(plan.origins) - 1:
+            w[-plan.overlap :] = ramp[::-1]
+    return w
+
+
+def iter_tiles(plan_y: AxisPlan, plan_x: AxisPlan) -> Iterator[tuple[int, int, int, int]]:
+    """Yield ``(ky, kx, y0, x0)`` for every tile, row by row."""
+    for ky, y0 in enumerate(plan_y.origins):
+        for kx, x0 in enumerate(plan_x.origins):
+            yield ky, kx, y0, x0
+
+
+def pad_reflect(image: np.ndarray, plan_y: AxisPlan, plan_x: AxisPlan) -> np.ndarray:
+    """Reflect-pad an (h, w, C) image to the padded size of the plans."""
+    pads = (
+        (plan_y.margin, plan_y.padded - plan_y.length - plan_y.margin),
+        (plan_x.margin, plan_x.padded - plan_x.length - plan_x.margin),
+        (0, 0),
+    )
+    mode = "reflect" if min(image.shape[:2]) > 1 else "edge"
+    return np.pad(image, pads, mode=mode)
+
+
+def run_tiled(
+    image: np.ndarray,
+    fn: TileFn,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    multiple: int = 16,
+    out_channels: int | None = None,
+    margin: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Apply ``fn`` to an image tile by tile and blend the results.
+
+    Args:
+        image: (h, w, C) float32 network input (packed, amplified).
+        fn: the network on one NCHW tile.
+        tile: tile edge in packed pixels (a multiple of ``multiple``).
+        overlap: overlap of neighbouring tiles in packed pixels (a multiple of ``multiple``).
+        multiple: the network's downsampling factor.
+        out_channels: channels of the output (default: as the input).
+        margin: reflect padding around the image (default: ``overlap // 2`` rounded up to
+            ``multiple``).
+        progress: called with ``(done, total)`` after each tile.
+
+    Returns:
+        (h, w, C') float32 network output.
+    """
+    h, w, c = image.shape
+    c_out = out_channels or c
+    if margin is None:
+        margin = _round_up(overlap // 2, multiple) if overlap else 0
+    py = plan_axis(h, tile, overlap, multiple, margin)
+    px = plan_axis(w, tile, overlap, multiple, margin)
+    padded = pad_reflect(image, py, px)
+    out = np.zeros((py.padded, px.padded, c_out), dtype=np.float32)
+    wy = [axis_weight(py, k) for k in range(len(py.origins))]
+    wx = [axis_weight(px, k) for k in range(len(px.origins))]
+    total = len(py.origins) * len(px.origins)
+    for n, (ky, kx, y0, x0) in enumerate(iter_tiles(py, px), start=1):
+        patch = padded[y0 : y0 + py.size, x0 : x0 + px.size]
+        batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
+        result = fn(batch)
+        if result.shape != (1, c_out, py.size, px.size):
+            raise ValueError(f"network returned shape {result.shape} for a tile of {batch.shape}")
+        weight = wy[ky][:, None] * wx[kx][None, :]
+        region = out[y0 : y0 + py.size, x0 : x0 + px.size]
+        region += result[0].transpose(1, 2, 0) * weight[:, :, None]
+        if progress is not None:
+            progress(n, total)
+    return np.ascontiguousarray(
+        out[py.margin : py.margin + h, px.margin : px.margin + w]
+    )
+
+
+def run_whole(image: np.ndarray, fn: TileFn, *, multiple: int = 16, margin: int = 32) -> np.ndarray:
+    """The network on the whole (reflect-padded) image at once: the reference for tiling."""
+    h, w, _ = image.shape
+    py = plan_axis(h, 1 << 30, 0, multiple, margin)
+    px = plan_axis(w, 1 << 30, 0, multiple, margin)
+    padded = pad_reflect(image, py, px)
+    result = fn(np.ascontiguousarray(padded.transpose(2, 0, 1)[None]))
+    return np.ascontiguousarray(
+        result[0].transpose(1, 2, 0)[py.margin : py.margin + h, px.margin : px.margin + w]
+    )

@@ -1,0 +1,93 @@
+"""CPU speed of U-Net widths: training step (bf16 autocast) and ONNX inference per megapixel.
+
+``python -m sidraw.train.speed --widths 16 24 32`` prints one JSON line per width; the numbers go
+into the model card's ``architecture`` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+
+import numpy as np
+import torch
+
+from .unet import UNet, UNetConfig, count_params, gflops_per_megapixel
+
+
+def train_step_seconds(
+    config: UNetConfig, batch: int, patch: int, steps: int = 3, channels_last: bool = True
+) -> float:
+    """Seconds of one Adam step on (batch, C, patch, patch) packed inputs under bf16 autocast."""
+    model = UNet(config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.rand(batch, config.channels, patch, patch).to(memory_format=fmt)
+    y = torch.rand_like(x)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = (model(x).float() - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def onnx_seconds_per_megapixel(config: UNetConfig, block: int, size: int = 512) -> float:
+    """Seconds of onnxruntime (CPU, default threads) per megapixel of mosaic, fp32."""
+    import onnxruntime as ort
+
+    model = UNet(config).eval()
+    x = torch.rand(1, config.channels, size, size)
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model, (x,), buf, input_names=["input"], output_names=["output"], opset_version=17,
+        dynamo=False,
+    )
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    sess.run(None, feed)
+    t0 = time.perf_counter()
+    reps = 2
+    for _ in range(reps):
+        sess.run(None, feed)
+    sec = (time.perf_counter() - t0) / reps
+    megapixels = (size * block) ** 2 / 1e6
+    return sec / megapixels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32])
+    ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--patch", type=int, default=128, help="packed patch edge")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-onnx", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    block = 2 if args.channels == 4 else 3
+    for w in args.widths:
+        cfg = UNetConfig(channels=args.channels, width=w)
+        step = train_step_seconds(cfg, args.batch, args.patch)
+        mp = args.batch * (args.patch * block) ** 2 / 1e6
+        row = {
+            "width": w,
+            "params": count_params(UNet(cfg)),
+            "gflops_per_mp": round(gflops_per_megapixel(cfg, block), 1),
+            "train_step_s": round(step, 3),
+            "train_s_per_mp": round(step / mp, 3),
+        }
+        if not args.no_onnx:
+            row["onnx_s_per_mp"] = round(onnx_seconds_per_megapixel(cfg, block), 3)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

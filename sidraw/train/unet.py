@@ -1,0 +1,110 @@
+"""The SID U-Net in the packed raw domain (Chen et al. 2018, "Learning to See in the Dark").
+
+Input and output are packed CFA mosaics of ``C`` channels (4 for Bayer, 9 for X-Trans), NCHW
+float32: the input is the normalised, amplified and clipped noisy raw (``-1..1``), the output the
+clean normalised raw (``0..1`` after clipping at inference). Four 2x2 max-poolings make the
+spatial size a multiple of 16; any such size works (the ONNX export keeps h and w dynamic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+DOWNSAMPLE = 16  # 2 ** number of poolings: packed h and w must be multiples of this
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the network.
+
+    Attributes:
+        channels: packed CFA channels in and out (4 Bayer, 9 X-Trans).
+        width: channels of the first level; level ``k`` has ``width * 2**k`` (SID uses 32).
+        residual: add the input to the output, so the layers learn a correction.
+    """
+
+    channels: int = 4
+    width: int = 32
+    residual: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    # LeakyReLU(0.2) as in SID: keeps gradients alive for the many negative, noise-only inputs.
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Five-level U-Net: (N, C, h, w) -> (N, C, h, w), h and w multiples of 16."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, w = config.channels, config.width
+        widths = [w, 2 * w, 4 * w, 8 * w, 16 * w]
+        self.enc = nn.ModuleList()
+        cin = c
+        for cw in widths:
+            self.enc.append(_double_conv(cin, cw))
+            cin = cw
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for k in range(len(widths) - 1, 0, -1):
+            self.up.append(nn.ConvTranspose2d(widths[k], widths[k - 1], 2, stride=2))
+            self.dec.append(_double_conv(2 * widths[k - 1], widths[k - 1]))
+        self.head = nn.Conv2d(w, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        h = x
+        for i, block in enumerate(self.enc):
+            h = block(h)
+            if i < len(self.enc) - 1:
+                skips.append(h)
+                h = self.pool(h)
+        for up, dec in zip(self.up, self.dec, strict=True):
+            h = up(h)
+            h = dec(torch.cat([h, skips.pop()], dim=1))
+        out = self.head(h)
+        if self.config.residual:
+            out = out + x
+        return out
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def gflops_per_megapixel(config: UNetConfig, block: int) -> float:
+    """Multiply-adds x 2 of one forward pass per megapixel of the *mosaic* (photosites).
+
+    Args:
+        config: network shape.
+        block: photosites per packed pixel along each axis (2 Bayer, 3 X-Trans).
+    """
+    c, w = config.channels, config.width
+    widths = [w, 2 * w, 4 * w, 8 * w, 16 * w]
+    macs = 0.0  # per packed pixel at full packed resolution
+    cin = c
+    for k, cw in enumerate(widths):
+        macs += 9 * (cin * cw + cw * cw) / 4**k
+        cin = cw
+    for k in range(len(widths) - 1, 0, -1):
+        lo, hi = widths[k - 1], widths[k]
+        macs += 4 * hi * lo / 4**k  # transposed conv, one 2x2 kernel per low-res pixel
+        macs += 9 * (2 * lo * lo + lo * lo) / 4 ** (k - 1)
+    macs += w * c
+    packed_per_mp = 1e6 / block**2
+    return 2 * macs * packed_per_mp / 1e9
