@@ -7,6 +7,7 @@ the standard CFA, level and colour tags; exposure metadata is stored in IFD0 as 
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -103,8 +104,10 @@ def write_dng(target: str | Path | BinaryIO, mosaic: np.ndarray, meta: DngMetada
         tags.append((34855, "H", 1, int(meta.iso), True))
     if meta.datetime_original is not None:
         tags.append((36867, "s", 0, meta.datetime_original, True))
+    # tifffile needs a named file or a seekable buffer; file objects from os.fdopen have no name.
+    buffer = target if isinstance(target, (str, Path)) else io.BytesIO()
     tifffile.imwrite(
-        target,
+        buffer,
         mosaic,
         photometric=32803,
         compression=None,
@@ -113,3 +116,5 @@ def write_dng(target: str | Path | BinaryIO, mosaic: np.ndarray, meta: DngMetada
         extratags=[(code, dtype, count, value, once) for code, dtype, count, value, once in tags]
         + [(271, "s", 0, meta.make, True), (272, "s", 0, meta.model, True)],
     )
+    if isinstance(buffer, io.BytesIO):
+        target.write(buffer.getvalue())  # type: ignore[union-attr]

@@ -45,6 +45,8 @@ class ModelCard:
         channels: channel colours in packed order.
         downsample: tile sizes must be multiples of this.
         input_name, output_name: ONNX tensor names.
+        overlap: default tile overlap in packed pixels, measured on the network at export time
+            (:func:`sidraw.tiling.measure_overlap`).
         input_clip: (lo, hi) clip of the amplified input.
         raw: the whole card as loaded.
     """
@@ -58,6 +60,7 @@ class ModelCard:
     input_name: str = "input"
     output_name: str = "output"
     input_clip: tuple[float, float] = (-1.0, 1.0)
+    overlap: int = 64
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -91,6 +94,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             input_name=str(data.get("input_name", "input")),
             output_name=str(data.get("output_name", "output")),
             input_clip=(clip[0], clip[1]),
+            overlap=int(data.get("overlap", 64)),
             raw=data,
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:

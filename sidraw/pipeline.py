@@ -22,7 +22,7 @@ from .mosaic import denormalise_packed, normalise_packed, pack, unpack
 from .output import ImageFormat, encode_image, write_atomic
 from .raw import RawFile, open_raw
 from .render import ColorSpace, render
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, run_tiled
+from .tiling import DEFAULT_TILE, run_tiled
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ConvertOptions:
         fmt: ``"tiff"`` or ``"png"``.
         linear: linear transfer curve instead of sRGB's.
         color_space: output primaries.
-        tile, overlap: tiling in packed pixels.
+        tile, overlap: tiling in packed pixels (overlap None: the model card's measured one).
         overwrite: replace existing outputs.
     """
 
@@ -47,7 +47,7 @@ class ConvertOptions:
     linear: bool = False
     color_space: ColorSpace = "srgb"
     tile: int = DEFAULT_TILE
-    overlap: int = DEFAULT_OVERLAP
+    overlap: int | None = None
     overwrite: bool = False
 
 
@@ -119,7 +119,7 @@ def denoise(
         x,
         network,
         tile=options.tile,
-        overlap=options.overlap,
+        overlap=options.overlap if options.overlap is not None else network.card.overlap,
         multiple=network.card.downsample,
         progress=progress,
     )

@@ -16,6 +16,8 @@ import numpy as np
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
+#: Width of the cross-fade inside an overlap, in packed pixels.
+DEFAULT_BLEND = 16
 
 #: A function from a (1, C, t, t') float32 NCHW batch to a (1, C', t, t') float32 batch.
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -63,15 +65,29 @@ def _ramp(n: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / n)).astype(np.float32)
 
 
-def axis_weight(plan: AxisPlan, k: int) -> np.ndarray:
-    """(size,) float32 blending weight of tile ``k`` along one axis."""
+def _window_edge(overlap: int, blend: int) -> np.ndarray:
+    """Weights over an overlap: 0 on the outer part, a raised-cosine ramp of ``blend``, then 1.
+
+    The pixels nearest a tile's edge see zero padding instead of the image, so they get no
+    weight; the ramp sits in the middle of the overlap, where both tiles have context.
+    """
+    blend = max(1, min(blend, overlap))
+    lead = (overlap - blend) // 2
+    edge = np.ones(overlap, dtype=np.float32)
+    edge[:lead] = 0.0
+    edge[lead : lead + blend] = _ramp(blend)
+    return edge
+
+
+def axis_weight(plan: AxisPlan, k: int, blend: int | None = None) -> np.ndarray:
+    """(size,) float32 blending weight of tile ``k`` along one axis (weights sum to one)."""
     w = np.ones(plan.size, dtype=np.float32)
     if plan.overlap:
-        ramp = _ramp(plan.overlap)
+        edge = _window_edge(plan.overlap, blend if blend is not None else DEFAULT_BLEND)
         if k > 0:
-            w[: plan.overlap] = ramp
+            w[: plan.overlap] = edge
         if k < len(plan.origins) - 1:
-            w[-plan.overlap :] = ramp[::-1]
+            w[-plan.overlap :] = edge[::-1]
     return w
 
 
@@ -157,3 +173,52 @@ def run_whole(image: np.ndarray, fn: TileFn, *, multiple: int = 16, margin: int 
     return np.ascontiguousarray(
         result[0].transpose(1, 2, 0)[py.margin : py.margin + h, px.margin : px.margin + w]
     )
+
+
+def tiling_error(
+    fn: TileFn,
+    channels: int,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    multiple: int = 16,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> float:
+    """Max relative error of tiled against whole-image inference on a random smooth input.
+
+    The error is ``max |tiled - whole| / max |whole|`` over all pixels and channels.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size or (tile + tile // 2 + 8, 2 * tile - 24)
+    coarse = rng.uniform(0.0, 1.0, (h // 8 + 2, w // 8 + 2, channels)).astype(np.float32)
+    image = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w]
+    image += rng.normal(0.0, 0.1, image.shape).astype(np.float32)
+    margin = _round_up(overlap // 2, multiple) if overlap else 0
+    tiled = run_tiled(image, fn, tile=tile, overlap=overlap, multiple=multiple, margin=margin)
+    whole = run_whole(image, fn, multiple=multiple, margin=margin)
+    return float(np.abs(tiled - whole).max() / max(float(np.abs(whole).max()), 1e-12))
+
+
+def measure_overlap(
+    fn: TileFn,
+    channels: int,
+    *,
+    tile: int = DEFAULT_TILE,
+    multiple: int = 16,
+    tolerance: float = 1e-3,
+    minimum: int = 48,
+) -> int:
+    """Smallest overlap (a multiple of ``multiple``, at least ``minimum``) at which tiled
+    inference matches whole-image inference within ``tolerance`` (see :func:`tiling_error`).
+
+    Model export stores it in the model card as the network's default overlap: it reflects the
+    network's effective receptive field, which training usually makes much smaller than the
+    architectural one.
+    """
+    overlap = _round_up(minimum, multiple)
+    while overlap < tile // 2:
+        if tiling_error(fn, channels, tile=tile, overlap=overlap, multiple=multiple) <= tolerance:
+            return overlap
+        overlap += multiple
+    return overlap

@@ -1,0 +1,208 @@
+"""Batches: expanding files, folders and globs into inputs, naming outputs, converting each.
+
+Output names: ``{stem}`` + the format's extension, in ``--out`` (keeping the relative folder layout
+of a recursive folder input) or next to the input. When two inputs would get the same output name
+(``a.ARW`` and ``a.DNG``), both outputs get the input's extension in their name (``a_ARW.tif`` and
+``a_DNG.tif``) so neither overwrites the other. An output that would land on an input file is
+refused.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError, OutputError, SidrawError
+from .output import EXTENSIONS, ImageFormat
+from .raw import RAW_EXTENSIONS
+
+DEFAULT_NAME = "{stem}"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input: ``path`` and its ``relative`` path below the folder it was found in."""
+
+    path: Path
+    relative: Path
+
+
+@dataclass(frozen=True)
+class Job:
+    """One conversion to do: ``src`` -> ``dst``."""
+
+    src: Path
+    dst: Path
+
+
+@dataclass
+class Plan:
+    """Jobs to run and the inputs that failed before any conversion (with their errors)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    errors: list[SidrawError] = field(default_factory=list)
+
+
+def is_raw_name(path: Path) -> bool:
+    return path.suffix.lower() in RAW_EXTENSIONS
+
+
+def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+    pattern = "**/*" if recursive else "*"
+    for p in sorted(folder.glob(pattern)):
+        if is_raw_name(p) and not p.name.startswith("."):
+            yield p
+
+
+def collect_inputs(items: Iterable[str], recursive: bool = False) -> tuple[list[InputFile], list[SidrawError]]:
+    """Expand command-line items into input files.
+
+    Args:
+        items: files (any extension), folders (raw extensions, case-insensitive) and glob patterns.
+        recursive: descend into sub-folders of folder items.
+
+    Returns:
+        (inputs in a stable order without duplicates, errors for items that matched nothing).
+    """
+    found: list[InputFile] = []
+    errors: list[SidrawError] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, relative: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(InputFile(path, relative))
+
+    for item in items:
+        p = Path(item)
+        if p.is_dir() and not is_raw_name(p):
+            matches = list(_walk(p, recursive))
+            if not matches:
+                errors.append(InputError("no raw files in this folder", p))
+            for m in matches:
+                add(m, m.relative_to(p))
+        elif p.exists() or p.is_symlink():
+            add(p, Path(p.name))
+        elif glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [m for m in matches if not m.is_dir()]
+            if not files:
+                errors.append(InputError("no file matches this pattern", item))
+            for m in files:
+                add(m, Path(m.name))
+        else:
+            errors.append(InputError("file not found", p))
+    return found, errors
+
+
+def output_name(template: str, src: Path, disambiguate: bool = False) -> str:
+    """Expand a name template (``{stem}``, ``{ext}``) for one input, without extension."""
+    fields = {"stem": src.stem, "ext": src.suffix.lstrip("."), "name": src.name}
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"bad --name template {template!r}: {exc}") from None
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"--name template {template!r} gives an invalid file name {name!r}")
+    if disambiguate and fields["ext"]:
+        name = f"{name}_{fields['ext']}"
+    return name
+
+
+def plan_jobs(
+    inputs: list[InputFile],
+    *,
+    out_dir: Path | None,
+    fmt: ImageFormat,
+    name: str = DEFAULT_NAME,
+) -> Plan:
+    """Name the output of every input, refusing outputs that would overwrite an input.
+
+    Args:
+        inputs: from :func:`collect_inputs`.
+        out_dir: output folder (None: next to each input).
+        fmt: output format (sets the extension).
+        name: output name template.
+    """
+    ext = EXTENSIONS[fmt]
+
+    def target(inp: InputFile, disambiguate: bool) -> Path:
+        folder = (out_dir / inp.relative.parent) if out_dir is not None else inp.path.parent
+        return folder / (output_name(name, inp.path, disambiguate) + ext)
+
+    first = [target(i, False) for i in inputs]
+    groups: dict[Path, list[int]] = defaultdict(list)
+    for k, dst in enumerate(first):
+        groups[dst.resolve()].append(k)
+    input_paths = {i.path.resolve() for i in inputs}
+    plan = Plan()
+    for k, inp in enumerate(inputs):
+        dst = first[k]
+        if len(groups[dst.resolve()]) > 1:
+            dst = target(inp, True)
+        if dst.resolve() in input_paths or dst.resolve() == inp.path.resolve():
+            plan.errors.append(OutputError("output name would overwrite an input file", dst))
+            continue
+        plan.jobs.append(Job(inp.path, dst))
+    final = defaultdict(list)
+    for job in plan.jobs:
+        final[job.dst.resolve()].append(job)
+    for dst, jobs in final.items():
+        if len(jobs) > 1:
+            for job in jobs:
+                plan.errors.append(OutputError(f"two inputs would write {dst.name}", job.src))
+            plan.jobs = [j for j in plan.jobs if j not in jobs]
+    return plan
+
+
+@dataclass
+class Outcome:
+    """Result of one job: ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"``."""
+
+    job: Job
+    status: str
+    result: object | None = None
+    error: SidrawError | None = None
+
+
+def run_jobs(
+    jobs: list[Job],
+    convert: Callable[[Job], object],
+    *,
+    overwrite: bool = False,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Run every job; a failing file is recorded and the batch goes on.
+
+    Existing outputs are skipped (not an error) unless ``overwrite``: a re-run of an interrupted
+    batch picks up where it stopped.
+    """
+    outcomes = []
+    for job in jobs:
+        if not overwrite and job.dst.exists():
+            outcome = Outcome(job, "skipped")
+        else:
+            try:
+                if job.dst.parent != Path():
+                    _make_folder(job.dst.parent)
+                outcome = Outcome(job, "ok", result=convert(job))
+            except SidrawError as exc:
+                outcome = Outcome(job, "failed", error=exc)
+            except MemoryError:
+                outcome = Outcome(job, "failed", error=SidrawError("out of memory", job.src))
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror or exc})", folder) from None

@@ -1,0 +1,157 @@
+"""The clean photo collection: loading, train/validation split, patch sampling.
+
+Images are read from ``<data>/clean`` (see its README.md and MANIFEST.tsv) once, downscaled, and
+kept in memory as uint8. JPEG files are downscaled by 2 or more (4 when the long side exceeds
+3200 px) so that compression artefacts and residual noise shrink below the photosite scale;
+lossless files (PNG, TIFF, BMP) and the small BSDS500 scans (JPEG quality ~95, 481x321, too small
+to halve) are kept at native size unless their long side exceeds 1600 px.
+
+The validation split is fixed by file: the first files of each sub-folder in SHA-1 order of their
+names (32 in all, never trained on).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+# Validation images per sub-folder; larger scenes are favoured so X-Trans crops (>= 612x912 for
+# LibRaw's X-Trans demosaic) fit.
+VAL_COUNTS = {
+    "BSDS500": 8,
+    "SunHays80": 8,
+    "Urban100": 3,
+    "PolyU_mean": 5,
+    "McMaster18": 2,
+    "Unsplash": 4,
+    "WED_CDM100": 2,
+}
+
+
+@dataclass
+class Photo:
+    """One decoded photo: (H, W, 3) uint8 sRGB plus where it came from."""
+
+    dataset: str
+    name: str
+    pixels: np.ndarray = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+
+def data_root(data: str | os.PathLike[str] | None = None) -> Path:
+    """The ``data`` folder (holding ``clean/`` and ``noise/``): argument, $SIDRAW_DATA or
+    ``../shared/data`` relative to the repository."""
+    if data is not None:
+        return Path(data)
+    env = os.environ.get("SIDRAW_DATA")
+    return Path(env) if env else DEFAULT_DATA
+
+
+def manifest(data: Path) -> list[tuple[str, str]]:
+    """(dataset, file name) of every clean photo listed in MANIFEST.tsv."""
+    with open(data / "clean" / "MANIFEST.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [(r["dataset"], r["file"]) for r in rows]
+
+
+def _order(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def split(entries: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Fixed (train, validation) split by file."""
+    val: list[tuple[str, str]] = []
+    for ds, n in VAL_COUNTS.items():
+        files = sorted((e for e in entries if e[0] == ds), key=lambda e: _order(f"{e[0]}/{e[1]}"))
+        val.extend(files[:n])
+    val_set = set(val)
+    train = [e for e in entries if e not in val_set]
+    return train, val
+
+
+def load_photo(path: Path) -> np.ndarray:
+    """Decode and downscale one photo (rules in the module docstring): (H, W, 3) uint8."""
+    with Image.open(path) as im:
+        w, h = im.size
+        long_side = max(w, h)
+        is_jpeg = im.format == "JPEG"
+        if is_jpeg and long_side > 600:
+            factor = 4 if long_side > 3200 else 2
+        elif long_side > 1600:
+            factor = 2
+        else:
+            factor = 1
+        if factor > 1 and is_jpeg:
+            # DCT-domain scaling: fast, and a proper low-pass.
+            im.draft("RGB", (w // factor, h // factor))
+        im = im.convert("RGB")
+        target = (w // factor, h // factor)
+        if im.size != target:
+            im = im.resize(target, Image.Resampling.BOX if factor > 1 else Image.Resampling.LANCZOS)
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def load_photos(
+    data: Path, entries: list[tuple[str, str]], cache: Path | None = None
+) -> list[Photo]:
+    """Load photos, optionally through a pickle cache (rebuilt when the file list changes)."""
+    if cache is not None and cache.exists():
+        with open(cache, "rb") as f:
+            stored = pickle.load(f)
+        if [p.key for p in stored] == [f"{d}/{n}" for d, n in entries]:
+            return stored
+    photos = [Photo(d, n, load_photo(data / "clean" / d / n)) for d, n in entries]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(photos, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, cache)
+    return photos
+
+
+class PatchSampler:
+    """Random sRGB crops, sampled per image (not per pixel) so the few huge photos do not dominate.
+
+    Each image is drawn with weight sqrt(min(megapixels, 1)): small scans count less than full
+    scenes, but no image counts more than a 1 MP one.
+    """
+
+    def __init__(self, photos: list[Photo], seed: int = 0) -> None:
+        self.photos = photos
+        mp = np.array([p.pixels.shape[0] * p.pixels.shape[1] / 1e6 for p in photos])
+        w = np.sqrt(np.minimum(mp, 1.0))
+        self.weights = w / w.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def crop(self, size: int) -> np.ndarray:
+        """(size, size, 3) float32 sRGB 0..1 with random flip / transpose."""
+        for _ in range(1000):
+            photo = self.photos[self.rng.choice(len(self.photos), p=self.weights)]
+            h, w, _ = photo.pixels.shape
+            if h >= size and w >= size:
+                break
+        else:
+            raise ValueError(f"no photo is at least {size} px on its short side")
+        y = int(self.rng.integers(0, h - size + 1))
+        x = int(self.rng.integers(0, w - size + 1))
+        c = photo.pixels[y : y + size, x : x + size]
+        if self.rng.random() < 0.5:
+            c = c[:, ::-1]
+        if self.rng.random() < 0.5:
+            c = c[::-1]
+        if self.rng.random() < 0.5:
+            c = c.transpose(1, 0, 2)
+        return c.astype(np.float32) * np.float32(1 / 255)

@@ -1,0 +1,120 @@
+"""Training pairs in exactly the domain ``sidraw convert`` feeds the network.
+
+Input: raw DN -> :func:`sidraw.mosaic.pack` -> :func:`sidraw.mosaic.normalise_packed` -> x ratio ->
+clip to ``[-1, 1]``. Target: the clean mosaic packed by the same code, normalised 0..1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..mosaic import Layout, normalise_packed, pack
+from .noise import NoiseParams, add_noise, sample_params, sample_ratio
+from .unprocess import CameraParams, layout_for, mosaic, random_camera, random_pattern, unprocess
+
+INPUT_CLIP = (-1.0, 1.0)
+
+
+def network_input(
+    raw_dn: np.ndarray, layout: Layout, black: np.ndarray | float, white: float, ratio: float
+) -> np.ndarray:
+    """The convert-time network input of a raw mosaic.
+
+    Args:
+        raw_dn: (H, W) uint16 photosite values, black included.
+        layout: packing layout of the mosaic's CFA.
+        black: (P, P) per-position black levels (a scalar is broadcast), DN.
+        white: white level, DN.
+        ratio: amplification ratio.
+
+    Returns:
+        (h, w, C) float32 in ``[-1, 1]``.
+    """
+    p = layout.period
+    black_pp = np.broadcast_to(np.asarray(black, dtype=np.float32), (p, p))
+    x = normalise_packed(pack(raw_dn, layout), layout, black_pp, white)
+    x *= np.float32(ratio)
+    np.clip(x, *INPUT_CLIP, out=x)
+    return x
+
+
+@dataclass
+class Pair:
+    """One training or validation pair.
+
+    Attributes:
+        noisy: (h, w, C) float32 network input, ``[-1, 1]``.
+        clean: (h, w, C) float32 target, normalised ``0..1``.
+        clean_mosaic: (H, W) float32 clean mosaic (0..1), for rendering.
+        raw_dn: (H, W) uint16 noisy raw, black included.
+        pattern: (P, P) CFA letters.
+        ratio, noise, camera: how it was made.
+    """
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    clean_mosaic: np.ndarray
+    raw_dn: np.ndarray
+    pattern: np.ndarray
+    ratio: float
+    noise: NoiseParams
+    camera: CameraParams
+
+
+def make_pair(
+    srgb: np.ndarray,
+    cfa: str,
+    rng: np.random.Generator,
+    *,
+    ratio: float | None = None,
+    noise: NoiseParams | None = None,
+    camera: CameraParams | None = None,
+    pattern: np.ndarray | None = None,
+    exposure: float | None = None,
+) -> Pair:
+    """Unprocess an sRGB crop, mosaic it, darken it by ``ratio`` and add noise.
+
+    Args:
+        srgb: (H, W, 3) float32 sRGB 0..1.
+        cfa: ``"bayer"`` or ``"xtrans"``.
+        rng: random generator for everything not given.
+        exposure: scale of the clean linear image (default log-uniform 0.5..1: not every
+            reference is exposed to the right).
+    """
+    camera = camera or random_camera(rng)
+    pattern = random_pattern(cfa, rng) if pattern is None else pattern
+    noise = noise or sample_params(rng)
+    ratio = sample_ratio(rng) if ratio is None else ratio
+    if exposure is None:
+        exposure = math.exp(rng.uniform(math.log(0.5), 0.0))
+    lin = unprocess(srgb, camera) * np.float32(exposure)
+    clean_mosaic = mosaic(lin, pattern)
+    layout = layout_for(pattern)
+    clean = pack(clean_mosaic, layout)
+    raw = add_noise(clean_mosaic, ratio, noise, rng)
+    noisy = network_input(raw, layout, noise.black, noise.white, ratio)
+    return Pair(noisy, clean, clean_mosaic, raw, pattern, ratio, noise, camera)
+
+
+def mosaic_size(packed: int, cfa: str) -> int:
+    """Edge of the sRGB crop needed for a packed patch of edge ``packed``: one spare block each
+    side, so that X-Trans phase padding never reaches the kept patch."""
+    block = 2 if cfa == "bayer" else 3
+    return (packed + 2) * block
+
+
+def training_pair(
+    srgb: np.ndarray, cfa: str, packed: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random pair cropped to ``packed`` x ``packed``: (noisy, clean), each (C, p, p) float32.
+
+    ``srgb`` must be (mosaic_size(packed), mosaic_size(packed), 3).
+    """
+    pair = make_pair(srgb, cfa, rng)
+    sl = (slice(1, 1 + packed), slice(1, 1 + packed))
+    noisy = np.ascontiguousarray(pair.noisy[sl].transpose(2, 0, 1))
+    clean = np.ascontiguousarray(pair.clean[sl].transpose(2, 0, 1))
+    return noisy, clean
