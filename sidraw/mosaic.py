@@ -154,7 +154,7 @@ def _bayer_layout(letters: np.ndarray) -> Layout:
     r = flat.index("R")
     b = flat.index("B")
     r_row, b_row = r // 2, b // 2
-    if r_row == b_row:
+    if r_row == b_row or r % 2 == b % 2:  # red and blue must sit on a diagonal
         raise UnsupportedFileError(f"unsupported 2x2 CFA pattern {''.join(flat)}")
     g1 = next(i for i in range(4) if flat[i] == "G" and i // 2 == r_row)
     g2 = next(i for i in range(4) if flat[i] == "G" and i // 2 == b_row)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
+import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -198,10 +201,49 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError(f"cannot read: {exc.strerror or exc}", path) from None
 
 
+_STDERR_LOCK = threading.Lock()
+# LibRaw prints its data-error callback as "<name>: <message>"; buffers have no name.
+_LIBRAW_PREFIX = "unknown file: "
+
+
+@contextmanager
+def _libraw_messages() -> Iterator[list[str]]:
+    """Collect what LibRaw prints on file descriptor 2 (e.g. "Unexpected end of file").
+
+    LibRaw reports damaged data only on the C stderr; the messages become part of sidraw's error
+    instead of stray lines between progress output. Anything else printed meanwhile is passed on.
+    """
+    messages: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):
+            yield messages
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield messages
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                other = []
+                for line in tmp.read().decode(errors="replace").splitlines():
+                    if line.startswith(_LIBRAW_PREFIX):
+                        messages.append(line[len(_LIBRAW_PREFIX) :].strip())
+                    elif line.strip():
+                        other.append(line)
+                if other:
+                    os.write(2, ("\n".join(other) + "\n").encode())
+
+
 def _open_libraw(data: bytes, name: str) -> rawpy.RawPy:
     raw = rawpy.RawPy()
     try:
-        raw.open_buffer(io.BytesIO(data))
+        with _libraw_messages():
+            raw.open_buffer(io.BytesIO(data))
     except rawpy.LibRawFileUnsupportedError:
         raw.close()
         raise UnsupportedFileError("not a raw format LibRaw can read", name) from None
@@ -244,11 +286,16 @@ def _check_bytes(raw: rawpy.RawPy, n_bytes: int, name: str) -> None:
 
 def _unpack(raw: rawpy.RawPy, name: str) -> None:
     try:
-        raw.unpack()
+        with _libraw_messages() as messages:
+            raw.unpack()
     except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
-        raise CorruptFileError(f"damaged or truncated raw data ({_libraw_reason(exc)})", name) from None
+        detail = "; ".join(messages) or _libraw_reason(exc)
+        raise CorruptFileError(f"damaged or truncated raw data ({detail})", name) from None
     except rawpy.LibRawError as exc:
         raise CorruptFileError(f"LibRaw cannot decode it ({_libraw_reason(exc)})", name) from None
+    if messages:
+        # LibRaw decodes some truncated files "successfully", filling the rest with garbage.
+        raise CorruptFileError(f"damaged or truncated raw data ({'; '.join(messages)})", name)
 
 
 def _layout(raw: rawpy.RawPy, name: str) -> Layout:

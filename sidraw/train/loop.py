@@ -35,7 +35,8 @@ class TrainConfig:
     """Everything that defines a training run (stored in the checkpoint and the model card)."""
 
     cfa: str = "bayer"
-    width: int = 32
+    width: int = 24
+    max_mult: int = 8
     residual: bool = False
     patch: int = 128
     batch: int = 8
@@ -53,7 +54,10 @@ class TrainConfig:
     patch_history: list[list[int]] = field(default_factory=list)
 
     def unet(self) -> UNetConfig:
-        return UNetConfig(channels=CFA_CHANNELS[self.cfa], width=self.width, residual=self.residual)
+        return UNetConfig(
+            channels=CFA_CHANNELS[self.cfa], width=self.width, max_mult=self.max_mult,
+            residual=self.residual,
+        )
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
@@ -124,6 +128,7 @@ class Trainer:
             # The network shape comes from the checkpoint; schedule, patch and batch from the
             # command line, so a resumed run can grow its patches.
             cfg.cfa, cfg.width, cfg.residual = stored.cfa, stored.width, stored.residual
+            cfg.max_mult = stored.max_mult
             cfg.patch_history = stored.patch_history
             self.step = int(ckpt["step"])  # type: ignore[arg-type]
             self.elapsed = float(ckpt["elapsed"])  # type: ignore[arg-type]
@@ -236,6 +241,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     d = TrainConfig()
     ap.add_argument("--cfa", choices=sorted(CFA_CHANNELS), default=d.cfa)
     ap.add_argument("--width", type=int, default=d.width, help="channels of the first level")
+    ap.add_argument("--max-mult", type=int, default=d.max_mult,
+                    help="cap on the width multiplier of the deepest levels (SID: 16)")
     ap.add_argument("--residual", action="store_true", help="add the input to the output")
     ap.add_argument("--patch", type=int, default=d.patch, help="packed patch edge (pixels)")
     ap.add_argument("--batch", type=int, default=d.batch)
@@ -254,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     a = ap.parse_args(argv)
     cfg = TrainConfig(
-        cfa=a.cfa, width=a.width, residual=a.residual, patch=a.patch, batch=a.batch,
+        cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=a.residual, patch=a.patch, batch=a.batch,
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
     )

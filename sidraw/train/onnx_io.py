@@ -35,7 +35,7 @@ def load_onnx_weights(model: nn.Module, path: str | Path) -> tuple[list[str], li
         for name, tensor in state.items():
             arr = inits.get(name)
             if arr is not None and tuple(arr.shape) == tuple(tensor.shape):
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+                tensor.copy_(torch.from_numpy(np.array(arr, dtype=np.float32)))
                 loaded.append(name)
             else:
                 skipped.append(name)

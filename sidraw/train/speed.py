@@ -65,6 +65,7 @@ def onnx_seconds_per_megapixel(config: UNetConfig, block: int, size: int = 512) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32])
+    ap.add_argument("--max-mult", type=int, default=16, help="deepest width multiplier cap")
     ap.add_argument("--channels", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--patch", type=int, default=128, help="packed patch edge")
@@ -74,11 +75,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     block = 2 if args.channels == 4 else 3
     for w in args.widths:
-        cfg = UNetConfig(channels=args.channels, width=w)
+        cfg = UNetConfig(channels=args.channels, width=w, max_mult=args.max_mult)
         step = train_step_seconds(cfg, args.batch, args.patch)
         mp = args.batch * (args.patch * block) ** 2 / 1e6
         row = {
             "width": w,
+            "max_mult": args.max_mult,
             "params": count_params(UNet(cfg)),
             "gflops_per_mp": round(gflops_per_megapixel(cfg, block), 1),
             "train_step_s": round(step, 3),

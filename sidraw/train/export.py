@@ -1,0 +1,151 @@
+"""ONNX export of a trained checkpoint, parity check, and the model cards.
+
+``python -m sidraw.train.export --checkpoint runs/bayer/checkpoint.pt --name sidraw-bayer`` writes
+``weights/sidraw-bayer.onnx`` (+ ``.json`` and ``.md`` cards). Weights are stored as float16
+initializers followed by Cast nodes (half the file size; onnxruntime folds the casts when it loads
+the model, so inference runs in float32); the PyTorch model is rounded to the same float16 values
+before the parity check, so the file is exactly the model that was checked and evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .loop import TrainConfig, load_checkpoint
+from .unet import DOWNSAMPLE, UNet
+
+OPSET = 17
+PARITY_TOL = 1e-4
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[UNet, TrainConfig, dict[str, object]]:
+    """(model in eval mode, its training config, the checkpoint's step/elapsed) of a checkpoint."""
+    ckpt = load_checkpoint(Path(path))
+    cfg = TrainConfig(**ckpt["config"])  # type: ignore[arg-type]
+    model = UNet(cfg.unet())
+    model.load_state_dict(ckpt["model"])  # type: ignore[arg-type]
+    model.eval()
+    info = {"step": int(ckpt["step"]), "elapsed_s": float(ckpt["elapsed"])}  # type: ignore[arg-type]
+    return model, cfg, info
+
+
+def round_to_float16(model: torch.nn.Module) -> None:
+    """Round every parameter to the nearest float16 value (kept as float32), in place."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+
+
+def _to_float16_initializers(onnx_bytes: bytes) -> bytes:
+    """Store float32 initializers as float16, each followed by a Cast back to float32.
+
+    Initializer names stay those of the PyTorch state_dict (warm starts read them back by name).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    casts = []
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        f32 = init.name + "__f32"
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name == init.name:
+                    node.input[i] = f32
+        casts.append(helper.make_node("Cast", [init.name], [f32], to=TensorProto.FLOAT))
+    for i, node in enumerate(casts):
+        graph.node.insert(i, node)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> float:
+    """Write ``model`` as ONNX (input ``input``, output ``output``, dynamic N, h, w).
+
+    Returns:
+        max |onnxruntime - PyTorch| on a random (1, C, 64, 96) input; raises if above 1e-4.
+    """
+    import onnxruntime as ort
+
+    model = model.eval().float()
+    if float16_weights:
+        round_to_float16(model)
+    c = model.config.channels
+    dummy = torch.zeros(1, c, 2 * DOWNSAMPLE, 2 * DOWNSAMPLE)
+    buf = io.BytesIO()
+    torch.onnx.export(
+        model,
+        (dummy,),
+        buf,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "N", 2: "h", 3: "w"}, "output": {0: "N", 2: "h", 3: "w"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    data = buf.getvalue()
+    if float16_weights:
+        data = _to_float16_initializers(data)
+    Path(path).write_bytes(data)
+    x = torch.rand(1, c, 64, 96) * 2 - 1
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["output"], {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    diff = float(np.max(np.abs(got - ref)))
+    if diff > PARITY_TOL:
+        raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.2e} (> {PARITY_TOL})")
+    return diff
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .cards import write_cards
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--name", required=True, help="e.g. sidraw-bayer")
+    ap.add_argument("--weights", default="weights", help="output folder")
+    ap.add_argument("--version", default="1")
+    ap.add_argument("--eval", default=None, help="evaluation JSON from sidraw.train.evaluate")
+    ap.add_argument("--speed", nargs="*", default=[], help="JSON-lines files of width speeds")
+    ap.add_argument("--history", default=None, help="history.jsonl of the run(s)")
+    a = ap.parse_args(argv)
+    model, cfg, info = model_from_checkpoint(a.checkpoint)
+    out = Path(a.weights)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / f"{a.name}.onnx"
+    diff = export_onnx(model, onnx_path)
+    validation = json.loads(Path(a.eval).read_text()) if a.eval else None
+    speeds = []
+    for s in a.speed:
+        speeds += [json.loads(line) for line in Path(s).read_text().splitlines() if line.strip()]
+    write_cards(
+        out, a.name, a.version, onnx_path, model, cfg, info, diff,
+        validation=validation, speeds=speeds, history=a.history,
+    )
+    print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
