@@ -1,0 +1,270 @@
+"""Model cards: ``weights/<name>.json`` (read by the inference loader) and ``<name>.md`` (people)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ..mosaic import BAYER_CHANNELS, XTRANS_CHANNELS
+from . import noise
+from .evaluate import markdown_table
+from .export import OPSET, sha256_file
+from .loop import TrainConfig
+from .unet import DOWNSAMPLE, UNet, count_params, gflops_per_megapixel
+
+DATASETS = [
+    ("BSDS500", "Berkeley Segmentation Data Set photos (Arbelaez et al. 2011)",
+     "non-commercial research and teaching (Berkeley page); cite Arbelaez et al."),
+    ("SunHays80", "Sun & Hays ICCP 2012 scene photos (from SUN)", "unstated; research only"),
+    ("Urban100", "11 of Huang et al. CVPR 2015 Flickr building photos", "unstated; research only"),
+    ("PolyU_mean", "PolyU real-world noisy image dataset mean images (Xu et al. 2018)",
+     "BSD-style licence, non-commercial only; cite Xu et al."),
+    ("McMaster18", "McMaster / IMAX crops (Zhang et al. 2011)", "unstated; research only"),
+    ("Unsplash", "27 Unsplash photos (SqueezeSoftware/test_files)", "Unsplash License"),
+    ("WED_CDM100", "58 Waterloo Exploration Database images (Ma et al. 2017)",
+     "unstated; research only"),
+]
+
+NORMALISATION = {
+    "input": "clip((raw - black) / (white - black) * ratio, -1, 1)",
+    "input_clip": [-1, 1],
+    "output": "(raw - black) / (white - black)",
+    "output_clip": [0, 1],
+}
+
+
+def noise_description() -> dict[str, object]:
+    """The noise model and its ranges, for the cards."""
+    return {
+        "model": "ELD (Wei et al. 2020): K * Poisson(signal / K) + read + row + rounding to DN, "
+                 "black added, clipped at white (and at 0, or at black with p = 0.1)",
+        "a7s2_probability": 0.6,
+        "a7s2": {
+            "ln_K_uniform": [round(v, 4) for v in noise.A7S2_LN_K],
+            "K_units": "DN per electron of a 14-bit sensor (white - black = 16383 - 512)",
+            "ln_sigma_read": "N(0.4621 ln K + 0.5657, 0.2634^2)",
+            "ln_sigma_row": "N(0.5275 ln K - 0.5917, 0.2943^2)",
+        },
+        "darktable_derived": {
+            "ln_K_uniform": list(noise.DARKTABLE_LN_K),
+            "ln_sigma_read": "N(0.5456 ln K + 1.9896, 0.6591^2)",
+            "ln_sigma_row": "as A7S2",
+            "derivation": "least squares over 9599 channel fits (366 cameras, ISO >= 1600) of "
+                          "darktable's noise profiles, K = a * 15871, sigma = sqrt(b) * 15871",
+        },
+        "read_noise_shape": "Gaussian (p = 0.5) or Tukey-lambda with lambda ~ U(-0.3, 0.1), "
+                            "scaled to the same standard deviation",
+        "normal_draws_clipped_at_sigma": 2.5,
+        "bit_depth": "14-bit (black 512, white 16383); 12-bit (black 256, white 4095, same "
+                     "relative noise) with p = 0.2",
+        "ratio": "log-uniform 50..300 with p = 0.8, else log-uniform 1..50",
+    }
+
+
+def unprocess_description() -> dict[str, object]:
+    return {
+        "method": "Brooks et al. CVPR 2019: inverse smoothstep, inverse 2.2 gamma, inverse colour "
+                  "correction, safe inverse white balance (highlights stay neutral), mosaic",
+        "camera_matrices": "random convex mix of dcraw XYZ->cam for Sony ILCE-7S, Canon EOS 5D "
+                           "Mark II, Nikon D800, Fujifilm X-T2",
+        "white_balance": "red gain U(1.9, 2.4), blue gain U(1.5, 1.9), brightness 1/N(0.8, 0.1)",
+        "exposure": "clean linear image scaled by log-uniform 0.5..1",
+        "cfa_phase": "random (Bayer 2x2 or X-Trans 6x6 roll of the pattern)",
+        "augmentation": "random flips and transposition",
+    }
+
+
+def build_card(
+    name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
+    parity: float, validation: dict | None, speeds: list[dict], history: str | None,
+) -> dict[str, object]:
+    """The JSON model card."""
+    ucfg = model.config
+    block = 2 if cfg.cfa == "bayer" else 3
+    hist = []
+    if history and Path(history).exists():
+        hist = [json.loads(x) for x in Path(history).read_text().splitlines() if x.strip()]
+    patch_history = [
+        {"from_step": s, "packed_patch": p, "photosites": p * block} for s, p in cfg.patch_history
+    ]
+    card: dict[str, object] = {
+        "name": name,
+        "version": version,
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "bytes": onnx_path.stat().st_size,
+        "cfa": cfg.cfa,
+        "channels": list(BAYER_CHANNELS if cfg.cfa == "bayer" else XTRANS_CHANNELS),
+        "downsample": DOWNSAMPLE,
+        "input_name": "input",
+        "output_name": "output",
+        "normalisation": NORMALISATION,
+        "architecture": {
+            "type": "U-Net (Chen et al. 2018, SID), packed raw in / packed raw out",
+            "levels": 5,
+            "widths": ucfg.widths,
+            "width": ucfg.width,
+            "max_mult": ucfg.max_mult,
+            "residual": ucfg.residual,
+            "activation": "LeakyReLU(0.2)",
+            "down": "2x2 max-pool", "up": "2x2 transposed conv + skip concat",
+            "params": count_params(model),
+            "gflops_per_megapixel": round(gflops_per_megapixel(ucfg, block), 1),
+            "onnx_opset": OPSET,
+            "weights_dtype": "float16 initializers cast to float32 at load",
+            "onnx_parity_max_abs_diff": parity,
+            "speed_cpu": {
+                "hardware": f"2 cores of an AMD EPYC (avx512_bf16), torch {torch.__version__}",
+                "note": "train step: batch 8 of 128x128 packed (Bayer) or 96x96 (X-Trans), bf16 "
+                        "autocast, Adam; onnx: fp32 onnxruntime, 512x512 packed",
+                "widths_tried": speeds,
+            },
+        },
+        "training": {
+            "data": {
+                "source": "shared/data/clean (734 sRGB photos); JPEGs downscaled by 2 "
+                          "(4 above 3200 px), BSDS500 and lossless files kept native",
+                "datasets": [{"name": n, "what": w, "terms": t} for n, w, t in DATASETS],
+                "validation_split": "32 photos fixed by file (first of each folder in SHA-1 "
+                                    "order of names), never trained on",
+                "sampling": "per image, weight sqrt(min(megapixels, 1))",
+            },
+            "unprocess": unprocess_description(),
+            "noise": noise_description(),
+            "loss": "L1 on the packed normalised raw",
+            "optimizer": f"Adam, lr {cfg.lr:g} with {cfg.warmup}-step warm-up and cosine decay "
+                         f"to {cfg.lr_min:g}",
+            "precision": "bf16 autocast (CPU), float32 master weights",
+            "batch": cfg.batch,
+            "patch_sizes": patch_history,
+            "steps": info["step"],
+            "train_hours": round(info["elapsed_s"] / 3600, 2),
+            "threads": cfg.threads,
+            "device": cfg.device,
+            "init": cfg.init,
+            "python": platform.python_version(),
+            "val_raw_psnr_history": hist[-20:],
+        },
+        "validation": validation or {},
+    }
+    return card
+
+
+def markdown_card(card: dict) -> str:
+    """The human-readable card."""
+    a, t = card["architecture"], card["training"]
+    n = t["noise"]
+    lines = [
+        f"# {card['name']} (version {card['version']})",
+        "",
+        f"Denoising and brightening network for {card['cfa']} raw files, used by "
+        "`sidraw convert`. File `" + card["file"] + f"` ({card['bytes'] / 1e6:.1f} MB), "
+        f"sha256 `{card['sha256']}`.",
+        "",
+        "## Architecture",
+        "",
+        f"- {a['type']}; 5 levels of widths {a['widths']} (4 poolings: packed h and w must be "
+        f"multiples of {card['downsample']}), {a['activation']}, {a['up']}.",
+        f"- {a['params']:,} parameters, {a['gflops_per_megapixel']} GFLOPs per megapixel of mosaic.",
+        f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
+        f"{a['onnx_parity_max_abs_diff']:.1e}.",
+        "",
+        "CPU speed of the widths tried (" + a["speed_cpu"]["hardware"] + "; "
+        + a["speed_cpu"]["note"] + "):",
+        "",
+        "| width | max mult | params | GFLOPs/MP | train step (s) | train s/MP | ONNX s/MP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in a["speed_cpu"]["widths_tried"]:
+        lines.append(
+            f"| {r['width']} | {r.get('max_mult', 16)} | {r['params']:,} | {r['gflops_per_mp']} | "
+            f"{r['train_step_s']} | {r['train_s_per_mp']} | {r.get('onnx_s_per_mp', '')} |"
+        )
+    lines += [
+        "",
+        "## Packing and normalisation",
+        "",
+        f"- Channels: {', '.join(card['channels'])} (`sidraw.mosaic.pack`; Bayer 2x2 blocks, "
+        "X-Trans 3x3 blocks).",
+        f"- Input `{card['input_name']}` (N, C, h, w) float32: "
+        f"`{card['normalisation']['input']}`.",
+        f"- Output `{card['output_name']}` (N, C, h, w) float32: the clean "
+        f"`{card['normalisation']['output']}`, clipped to [0, 1] at inference.",
+        "",
+        "## Training data",
+        "",
+        t["data"]["source"] + ". " + t["data"]["validation_split"] + "; sampling "
+        + t["data"]["sampling"] + ".",
+        "",
+        "| dataset | what | terms |",
+        "|---|---|---|",
+    ]
+    for d in t["data"]["datasets"]:
+        lines.append(f"| {d['name']} | {d['what']} | {d['terms']} |")
+    lines += [
+        "",
+        "Every licence is non-commercial or unstated except Unsplash's; the weights are trained on "
+        "them, so check these terms before any commercial use.",
+        "",
+        "Unprocessing: " + t["unprocess"]["method"] + "; " + t["unprocess"]["camera_matrices"]
+        + "; " + t["unprocess"]["white_balance"] + "; " + t["unprocess"]["exposure"] + "; "
+        + t["unprocess"]["cfa_phase"] + ".",
+        "",
+        "## Noise model",
+        "",
+        f"- {n['model']}.",
+        f"- A7S2 (p = {n['a7s2_probability']}): ln K ~ U{tuple(n['a7s2']['ln_K_uniform'])}, "
+        f"K in {n['a7s2']['K_units']}; ln sigma_read ~ {n['a7s2']['ln_sigma_read']}; "
+        f"ln sigma_row ~ {n['a7s2']['ln_sigma_row']}.",
+        f"- Other cameras: ln K ~ U{tuple(n['darktable_derived']['ln_K_uniform'])}, "
+        f"ln sigma_read ~ {n['darktable_derived']['ln_sigma_read']} "
+        f"({n['darktable_derived']['derivation']}).",
+        f"- Read noise: {n['read_noise_shape']}. Bit depth: {n['bit_depth']}.",
+        f"- Ratio: {n['ratio']}.",
+        "",
+        "## Training",
+        "",
+        f"- {t['loss']}; {t['optimizer']}; {t['precision']}; batch {t['batch']}.",
+        f"- {t['steps']} steps, {t['train_hours']} h on {t['threads']} CPU threads"
+        + (f", warm-started from `{t['init']}`" if t["init"] else "") + ".",
+        "- Patch sizes: " + ", ".join(
+            f"{p['packed_patch']} packed ({p['photosites']} photosites) from step {p['from_step']}"
+            for p in t["patch_sizes"]) + ".",
+        "",
+        "## Validation",
+        "",
+    ]
+    v = card.get("validation") or {}
+    if v.get("sets"):
+        lines += [
+            f"{len(v.get('images', []))} held-out photos ({v.get('crop')}), fixed seeded noise; "
+            f"A7S2 sets at K = {v.get('a7s2_k')} DN/e- with median read/row noise, the "
+            "other-camera set with darktable-derived noise drawn per image. sRGB metrics on the "
+            "16-bit image rendered by LibRaw (`sidraw.render`) from a DNG; the clean mosaic "
+            "rendered the same way is the reference. BM3D runs per packed channel after a "
+            "generalised Anscombe transform with the true noise parameters.",
+            "",
+            markdown_table(v),
+        ]
+        if "model_s_per_mp" in v:
+            lines.append(f"Network time in the evaluation: {v['model_s_per_mp']} s per megapixel.")
+    else:
+        lines.append("Not evaluated.")
+    return "\n".join(lines) + "\n"
+
+
+def write_cards(
+    out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
+    info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
+    history: str | None = None,
+) -> dict[str, object]:
+    """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
+    card = build_card(
+        name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history
+    )
+    (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown_card(card))
+    return card
