@@ -10,7 +10,7 @@ The library API (what ``sidraw convert`` and ``sidraw info`` call)::
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     CorruptFileError,
     InputError,
     MetadataError,
@@ -19,8 +19,8 @@ from .errors import (  # noqa: E402
     SidrawError,
     UnsupportedFileError,
 )
-from .inspect import describe_file  # noqa: E402
-from .pipeline import ConvertOptions, ConvertResult, convert_file  # noqa: E402
+from .inspect import describe_file
+from .pipeline import ConvertOptions, ConvertResult, convert_file
 
 __all__ = [
     "ConvertOptions",

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, OutputError, SidrawError
-from .output import EXTENSIONS, ImageFormat
+from .output import EXTENSIONS, STALE_TMP_SECONDS, ImageFormat, cleanup_temporaries
 from .raw import RAW_EXTENSIONS
 
 DEFAULT_NAME = "{stem}"
@@ -58,7 +61,9 @@ def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
             yield p
 
 
-def collect_inputs(items: Iterable[str], recursive: bool = False) -> tuple[list[InputFile], list[SidrawError]]:
+def collect_inputs(
+    items: Iterable[str], recursive: bool = False
+) -> tuple[list[InputFile], list[SidrawError]]:
     """Expand command-line items into input files.
 
     Args:
@@ -133,7 +138,7 @@ def plan_jobs(
 
     def target(inp: InputFile, disambiguate: bool) -> Path:
         folder = (out_dir / inp.relative.parent) if out_dir is not None else inp.path.parent
-        return folder / (output_name(name, inp.path, disambiguate) + ext)
+        return folder / (output_name(name, Path(inp.relative.name), disambiguate) + ext)
 
     first = [target(i, False) for i in inputs]
     groups: dict[Path, list[int]] = defaultdict(list)
@@ -180,29 +185,72 @@ def run_jobs(
     """Run every job; a failing file is recorded and the batch goes on.
 
     Existing outputs are skipped (not an error) unless ``overwrite``: a re-run of an interrupted
-    batch picks up where it stopped.
+    batch picks up where it stopped. Temporary files that a killed run left in an output folder
+    (older than :data:`~sidraw.output.STALE_TMP_SECONDS`) are removed when the batch reaches that
+    folder. While the batch runs, SIGTERM and SIGHUP stop it like Ctrl-C
+    (:func:`terminate_as_interrupt`): ``KeyboardInterrupt`` is raised, no partial output is left.
     """
     outcomes = []
-    for job in jobs:
-        if not overwrite and job.dst.exists():
-            outcome = Outcome(job, "skipped")
-        else:
-            try:
-                if job.dst.parent != Path():
-                    _make_folder(job.dst.parent)
-                outcome = Outcome(job, "ok", result=convert(job))
-            except SidrawError as exc:
-                outcome = Outcome(job, "failed", error=exc)
-            except MemoryError:
-                outcome = Outcome(job, "failed", error=SidrawError("out of memory", job.src))
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    cleaned: set[Path] = set()
+    with terminate_as_interrupt():
+        for job in jobs:
+            folder = job.dst.parent
+            if folder not in cleaned:
+                cleaned.add(folder)
+                cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
+            if job.dst.is_dir():
+                error = OutputError("a folder of that name exists", job.dst)
+                outcome = Outcome(job, "failed", error=error)
+            elif not overwrite and job.dst.exists():
+                outcome = Outcome(job, "skipped")
+            else:
+                try:
+                    if folder != Path():
+                        _make_folder(folder)
+                    outcome = Outcome(job, "ok", result=convert(job))
+                except SidrawError as exc:
+                    outcome = Outcome(job, "failed", error=exc)
+                except MemoryError:
+                    outcome = Outcome(job, "failed", error=SidrawError("out of memory", job.src))
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     return outcomes
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, like Ctrl-C.
+
+    Their default action kills the process without unwinding, which would leave temporary files
+    behind; as ``KeyboardInterrupt`` they run every ``finally`` (the CLI exits with 130). Further
+    signals of the same kind are ignored while the interrupted batch cleans up. Handlers that are
+    not the default are left alone; the old handlers are restored on exit. Outside the main
+    thread (where Python cannot set handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
 
 
 def _make_folder(folder: Path) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror or exc})", folder) from None
+        reason = f"cannot create the output folder ({exc.strerror or exc})"
+        raise OutputError(reason, folder) from None

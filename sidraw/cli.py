@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .batch import DEFAULT_NAME, Job, Outcome, collect_inputs, plan_jobs, run_jobs
+from .batch import DEFAULT_NAME, InputFile, Job, Outcome, collect_inputs, plan_jobs, run_jobs
 from .errors import SidrawError
 from .exposure import DEFAULT_MAX_RATIO
 from .model import ModelCache
@@ -39,6 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class Format(str, Enum):
     tiff = "tiff"
     png = "png"
+    dng = "dng"
 
 
 class DeviceChoice(str, Enum):
@@ -68,7 +69,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = None,
 ) -> None:
@@ -92,21 +93,46 @@ def _usage_error(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+STDIN = "-"
+
+
+def _read_file_list(source: str) -> list[str]:
+    try:
+        text = sys.stdin.read() if source == STDIN else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _usage_error(f"cannot read the file list {source}: {exc.strerror or exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _json_line(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
 @app.command()
 def convert(
-    inputs: Annotated[list[str], typer.Argument(help="Raw files, folders or glob patterns.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Raw files, folders or glob patterns; '-' reads one raw from stdin."),
+    ] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Output folder (default: beside each input).")
+        str | None,
+        typer.Option(
+            "--out", "-o", help="Output folder (default: beside each input); '-': stdout."
+        ),
     ] = None,
     recursive: Annotated[
-        bool, typer.Option("--recursive", "-r", help="Search folders recursively; keeps their layout.")
+        bool,
+        typer.Option("--recursive", "-r", help="Search folders recursively; keeps their layout."),
     ] = False,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format (16-bit).")] = Format.tiff,
+    fmt: Annotated[
+        Format, typer.Option("--format", "-f", help="16-bit TIFF or PNG, or a denoised DNG.")
+    ] = Format.tiff,
     ratio: Annotated[
         str, typer.Option("--ratio", help="Amplification: 'auto' or a number, e.g. 100.")
     ] = "auto",
     target_exposure: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--target-exposure", help="Seconds the result should look exposed for (uses EXIF)."
         ),
@@ -116,34 +142,62 @@ def convert(
     ] = DEFAULT_MAX_RATIO,
     linear: Annotated[bool, typer.Option("--linear", help="Linear output, no tone curve.")] = False,
     color_space: Annotated[
-        ColorSpaceChoice, typer.Option("--color-space", help="Output primaries.")
+        ColorSpaceChoice,
+        typer.Option("--color-space", help="Output primaries (rec2020 is linear Rec. 2020)."),
     ] = ColorSpaceChoice.srgb,
+    strip_gps: Annotated[
+        bool, typer.Option("--strip-gps", help="Do not copy GPS position into the outputs.")
+    ] = False,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Also write NAME.preview.jpg: before | after.")
+    ] = False,
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="Model card (.json), ONNX file or folder.")
+        Path | None, typer.Option("--model", help="Model card (.json), ONNX file or folder.")
     ] = None,
     device: Annotated[
         DeviceChoice, typer.Option("--device", help="Inference device.")
     ] = DeviceChoice.auto,
     threads: Annotated[
-        Optional[int], typer.Option("--threads", min=1, help="Inference threads (default: cores).")
+        int | None, typer.Option("--threads", min=1, help="Inference threads (default: cores).")
     ] = None,
     tile: Annotated[
         int, typer.Option("--tile", min=64, help="Tile size in packed pixels.")
     ] = DEFAULT_TILE,
     overlap: Annotated[
-        Optional[int],
-        typer.Option("--overlap", min=0, help="Tile overlap in packed pixels (default: the model's)."),
+        int | None,
+        typer.Option(
+            "--overlap", min=0, help="Tile overlap in packed pixels (default: the model's)."
+        ),
     ] = None,
     name: Annotated[
         str, typer.Option("--name", help="Output name template: {stem}, {ext}, {name}.")
     ] = DEFAULT_NAME,
+    files_from: Annotated[
+        str | None,
+        typer.Option(
+            "--files-from", "-@", help="Read input paths from a file, one per line ('-': stdin)."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be done, convert nothing.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per file on stdout.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only report errors.")] = False,
 ) -> None:
-    """Denoise and brighten dark raw files into 16-bit TIFF or PNG images."""
+    """Denoise and brighten dark raw files into 16-bit TIFF, PNG or DNG files."""
     console = _err_console()
+    items = list(inputs or [])
+    if files_from is not None:
+        if files_from == STDIN and STDIN in items:
+            raise _usage_error("stdin cannot hold both a raw file and the file list")
+        items += _read_file_list(files_from)
+    if not items:
+        raise _usage_error("no input given")
     fixed_ratio = _parse_ratio(ratio)
     if fixed_ratio is not None and target_exposure is not None:
         raise _usage_error("give either --ratio or --target-exposure, not both")
@@ -153,6 +207,11 @@ def convert(
         raise _usage_error("--tile must be a multiple of 16")
     if overlap is not None and (overlap % 16 or overlap >= tile):
         raise _usage_error("--overlap must be a multiple of 16 and smaller than --tile")
+    if items.count(STDIN) > 1:
+        raise _usage_error("'-' (stdin) can be given once")
+    to_stdout = out == STDIN
+    if to_stdout and (as_json or preview):
+        raise _usage_error("--out - writes the image to stdout: no --json or --preview with it")
     options = ConvertOptions(
         ratio=fixed_ratio,
         target_exposure=target_exposure,
@@ -160,20 +219,53 @@ def convert(
         fmt=fmt.value,
         linear=linear,
         color_space=color_space.value,
+        strip_gps=strip_gps,
+        preview=preview,
         tile=tile,
         overlap=overlap,
         overwrite=overwrite,
     )
-    found, errors = collect_inputs(inputs, recursive)
+    stdin_data: bytes | None = None
+    if STDIN in items:
+        items.remove(STDIN)
+        stdin_data = sys.stdin.buffer.read()
+    found, errors = collect_inputs(items, recursive)
+    if stdin_data is not None:
+        found.insert(0, InputFile(Path(STDIN), Path("stdin")))
+    if to_stdout and len(found) + len(errors) != 1:
+        raise _usage_error("--out - needs exactly one input file")
+    out_dir = None if (out is None or to_stdout) else Path(out)
     try:
-        plan = plan_jobs(found, out_dir=out, fmt=fmt.value, name=name)
+        plan = plan_jobs(found, out_dir=out_dir, fmt=fmt.value, name=name)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
     errors += plan.errors
-    for err in errors:
-        console.print(f"[red]✗[/] {err}", markup=True)
-    models = ModelCache(model, device.value, threads)
 
+    def report_error(err: SidrawError) -> None:
+        console.print(f"[red]✗[/] {err}", markup=True)
+        if as_json:
+            _json_line({"input": err.path, "output": None, "status": "failed", "error": err.reason})
+
+    for err in errors:
+        report_error(err)
+
+    if dry_run:
+        for job in plan.jobs:
+            exists = job.dst.exists() and not overwrite
+            action = "skip (exists)" if exists else "convert"
+            if as_json:
+                _json_line(
+                    {
+                        "input": str(job.src),
+                        "output": str(job.dst),
+                        "status": "would-skip" if exists else "would-convert",
+                    }
+                )
+            else:
+                console.print(f"{action}: {job.src} → {job.dst}")
+        raise typer.Exit(EXIT_FAILED if errors else EXIT_OK)
+
+    models = ModelCache(model, device.value, threads)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -187,7 +279,10 @@ def convert(
 
     def run_one(job: Job) -> ConvertResult:
         progress.update(files_task, description=job.src.name)
-        return convert_file(job.src, job.dst, options, models=models)
+        data = stdin_data if str(job.src) == STDIN else None
+        if to_stdout:
+            return convert_file(job.src, sys.stdout.buffer, options, data=data, models=models)
+        return convert_file(job.src, job.dst, options, data=data, models=models)
 
     def report(outcome: Outcome) -> None:
         progress.advance(files_task)
@@ -195,23 +290,34 @@ def convert(
         if outcome.status == "ok":
             res = outcome.result
             assert isinstance(res, ConvertResult)
+            if as_json:
+                _json_line({**res.to_dict(), "status": "ok", "error": None})
             if not quiet:
                 console.print(
-                    f"[green]✓[/] {src} → {outcome.job.dst}  {res.decision.describe()}  "
+                    f"[green]✓[/] {src} → {res.output}  {res.decision.describe()}  "
                     f"{res.seconds:.1f} s",
                     markup=True,
                 )
         elif outcome.status == "skipped":
+            if as_json:
+                _json_line(
+                    {
+                        "input": str(src),
+                        "output": str(outcome.job.dst),
+                        "status": "skipped",
+                        "error": None,
+                    }
+                )
             if not quiet:
                 console.print(
                     f"[yellow]-[/] {src}: skipped, {outcome.job.dst} exists (--overwrite replaces)",
                     markup=True,
                 )
-        else:
-            console.print(f"[red]✗[/] {outcome.error}", markup=True)
+        elif outcome.error is not None:
+            report_error(outcome.error)
 
     with progress:
-        outcomes = run_jobs(plan.jobs, run_one, overwrite=overwrite, on_outcome=report)
+        outcomes = run_jobs(plan.jobs, run_one, overwrite=overwrite or to_stdout, on_outcome=report)
     failed = len(errors) + sum(o.status == "failed" for o in outcomes)
     done = sum(o.status == "ok" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
@@ -235,7 +341,9 @@ def _print_info(report: dict, console: Console) -> None:
     table.add_row("sensor", f"{cfa['kind']}, pattern {cfa['phase']}")
     table.add_row("size", f"{report['size']['width']} x {report['size']['height']} photosites")
     lv = report["levels"]
-    table.add_row("levels", f"black {', '.join(f'{b:g}' for b in lv['black'])}, white {lv['white']:g}")
+    table.add_row(
+        "levels", f"black {', '.join(f'{b:g}' for b in lv['black'])}, white {lv['white']:g}"
+    )
     t = exp["exposure_time"]
     table.add_row(
         "exposure",
@@ -267,7 +375,9 @@ def _seconds(t: float) -> str:
 @app.command()
 def info(
     files: Annotated[list[Path], typer.Argument(help="Raw files to describe.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per file on stdout.")
+    ] = False,
     max_ratio: Annotated[float, typer.Option("--max-ratio")] = DEFAULT_MAX_RATIO,
 ) -> None:
     """Explain what sidraw sees in a raw file: camera, sensor, levels, exposure, auto ratio."""
@@ -304,14 +414,71 @@ def sample(
     from .sample import write_sample
 
     try:
-        write_atomic(path, lambda f: write_sample(f, pattern=cfa, width=width, height=height,
-                                                  ratio=ratio, seed=seed))
+        write_atomic(
+            path,
+            lambda f: write_sample(
+                f, pattern=cfa, width=width, height=height, ratio=ratio, seed=seed
+            ),
+        )
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
     except SidrawError as exc:
         _err_console().print(f"[red]✗[/] {exc}", markup=True)
         raise typer.Exit(EXIT_FAILED) from None
     _err_console().print(f"wrote {path} ({cfa}, {width}x{height}, x{ratio:g} darker)")
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check the installation: versions, GPU support, bundled models and their sha256."""
+    from .doctor import report
+
+    rep = report()
+    if as_json:
+        sys.stdout.write(json.dumps(rep) + "\n")
+    else:
+        console = Console(highlight=False)
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for key in ("sidraw", "python", "platform", "libraw", "rawpy", "onnxruntime"):
+            table.add_row(key, str(rep[key]))
+        table.add_row("providers", ", ".join(rep["providers"]))
+        table.add_row("inference on", f"{rep['device']} ({rep['cpu_cores']} physical cores)")
+        table.add_row("weights", rep["weights_dir"])
+        for m in rep["models"]:
+            table.add_row(f"model {m['name']}", f"{m['cfa']}: {m['status']}")
+        if not rep["models"]:
+            table.add_row("models", "none found")
+        console.print(table)
+        console.print("[green]all good[/]" if rep["ok"] else "[red]problems found[/]")
+    raise typer.Exit(EXIT_OK if rep["ok"] else EXIT_FAILED)
+
+
+@app.command()
+def compare(
+    file: Annotated[Path, typer.Argument(help="A raw file.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="JPEG to write (default: FILE.compare.jpg).")
+    ] = None,
+    ratio: Annotated[str, typer.Option("--ratio", help="'auto' or a number.")] = "auto",
+    model: Annotated[Path | None, typer.Option("--model")] = None,
+    device: Annotated[DeviceChoice, typer.Option("--device")] = DeviceChoice.auto,
+) -> None:
+    """Write a before/after JPEG: the naively brightened raw beside sidraw's result."""
+    from .preview import compare_file
+
+    dst = out or file.with_name(file.stem + ".compare.jpg")
+    try:
+        decision = compare_file(
+            file, dst, ratio=_parse_ratio(ratio), model=model, device=device.value
+        )
+    except SidrawError as exc:
+        _err_console().print(f"[red]✗[/] {exc}", markup=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    _err_console().print(f"wrote {dst}  {decision.describe()}")
 
 
 def _register_training() -> None:

@@ -16,7 +16,9 @@ def _phase(pattern: str) -> str:
     return pattern if len(pattern) == 4 else f"X-Trans {pattern[:6]}/{pattern[6:12]}/…"
 
 
-def describe_file(path: str | os.PathLike[str], max_ratio: float = DEFAULT_MAX_RATIO) -> dict[str, Any]:
+def describe_file(
+    path: str | os.PathLike[str], max_ratio: float = DEFAULT_MAX_RATIO
+) -> dict[str, Any]:
     """Describe a raw file: camera, CFA, levels, exposure and the ratio ``auto`` would choose.
 
     Returns:
@@ -27,7 +29,9 @@ def describe_file(path: str | os.PathLike[str], max_ratio: float = DEFAULT_MAX_R
     """
     with open_raw(path) as raw:
         info = raw.info
-        packed = normalise_packed(pack(raw.mosaic, info.layout), info.layout, info.black, info.white)
+        packed = normalise_packed(
+            pack(raw.mosaic, info.layout), info.layout, info.black, info.white
+        )
         decision = choose_ratio(packed, exposure_time=info.exif.exposure_time, max_ratio=max_ratio)
         clipped = float(np.mean(packed >= 0.999))
     exif = info.exif

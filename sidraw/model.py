@@ -241,7 +241,8 @@ class Network:
     def check_layout(self, layout: Layout, path: str) -> None:
         if layout.kind != self.card.cfa:
             raise ModelError(
-                f"model {self.card.name} is for {self.card.cfa} sensors, this file is {layout.kind}",
+                f"model {self.card.name} is for {self.card.cfa} sensors, "
+                f"this file is {layout.kind}",
                 path,
             )
 

@@ -136,7 +136,7 @@ def layout_from_pattern(raw_pattern: np.ndarray, color_desc: str = "RGBG") -> La
 def layout_from_letters(pattern: str | np.ndarray) -> Layout:
     """Layout from a pattern written as letters, e.g. ``"RGGB"`` or a (6, 6) letter array."""
     if isinstance(pattern, str):
-        n = int(round(len(pattern) ** 0.5))
+        n = round(len(pattern) ** 0.5)
         if n * n != len(pattern):
             raise ValueError(f"pattern {pattern!r} is not square")
         arr = np.array(list(pattern.upper())).reshape(n, n)
@@ -174,7 +174,9 @@ def _xtrans_layout(letters: np.ndarray) -> Layout:
             ok = True
             for ti in range(2):
                 for tj in range(2):
-                    blk = [str(c) for c in shifted[3 * ti : 3 * ti + 3, 3 * tj : 3 * tj + 3].ravel()]
+                    blk = [
+                        str(c) for c in shifted[3 * ti : 3 * ti + 3, 3 * tj : 3 * tj + 3].ravel()
+                    ]
                     g = [i for i, c in enumerate(blk) if c == "G"]
                     r = [i for i, c in enumerate(blk) if c == "R"]
                     b = [i for i, c in enumerate(blk) if c == "B"]

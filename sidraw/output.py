@@ -11,7 +11,9 @@ import contextlib
 import errno
 import io
 import os
+import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -96,6 +98,26 @@ def _describe_os_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def check_target(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse an output name that cannot or must not be written, before any work is spent on it.
+
+    Raises:
+        OutputError: a folder has that name; the file exists (without ``overwrite``); the file
+            exists and is read-only (``overwrite`` does not replace a file the user protected).
+    """
+    final = Path(path)
+    if final.is_dir():
+        raise OutputError("a folder of that name exists", final)
+    if not final.exists():
+        return
+    if not overwrite:
+        raise OutputError("already exists (use --overwrite to replace it)", final)
+    # Mode bits, not only os.access: root may write anything, yet a read-only output is meant
+    # to be kept (and on Windows the rename would fail anyway).
+    if not final.stat().st_mode & 0o222 or not os.access(final, os.W_OK):
+        raise OutputError("exists and is read-only (make it writable to replace it)", final)
+
+
 def write_atomic(
     path: str | os.PathLike[str],
     writer: Callable[[BinaryIO], None] | bytes,
@@ -115,10 +137,7 @@ def write_atomic(
     """
     final = Path(path)
     folder = final.parent
-    if final.is_dir():
-        raise OutputError("a folder of that name exists", final)
-    if not overwrite and final.exists():
-        raise OutputError("already exists (use --overwrite to replace it)", final)
+    check_target(final, overwrite=overwrite)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     except OSError as exc:
@@ -183,11 +202,31 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def cleanup_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Remove sidraw temporary files left in a folder by a killed run; returns what was removed."""
+#: Age after which a leftover temporary file is taken for the debris of a killed run. A running
+#: sidraw keeps its temporary for the seconds of one write, so another sidraw writing into the
+#: same folder meanwhile never loses its file.
+STALE_TMP_SECONDS = 600.0
+
+
+def cleanup_temporaries(
+    folder: str | os.PathLike[str], *, min_age: float = 0.0
+) -> list[Path]:
+    """Remove sidraw temporary files left in a folder by a killed run; returns what was removed.
+
+    Only regular files named ``.sidraw-*.tmp`` whose last change is at least ``min_age`` seconds
+    old are removed; anything else is left alone.
+    """
     removed = []
-    for p in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+    now = time.time()
+    try:
+        candidates = list(Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"))
+    except OSError:
+        return removed
+    for p in candidates:
         with contextlib.suppress(OSError):
+            st = p.lstat()
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
+                continue
             p.unlink()
             removed.append(p)
     return removed

@@ -6,22 +6,27 @@ scripts can call it too.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import __version__
+from . import __version__, metadata
+from .color import encoding_for, icc_profile
+from .dng import DngMetadata, write_dng
+from .errors import MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, amplify, choose_ratio
 from .model import Device, ModelCache, Network
 from .mosaic import denormalise_packed, normalise_packed, pack, unpack
-from .output import ImageFormat, encode_image, write_atomic
+from .output import ImageFormat, check_target, encode_image, write_atomic
+from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, open_raw
-from .render import ColorSpace, render
+from .render import render
 from .tiling import DEFAULT_TILE, run_tiled
 
 
@@ -33,9 +38,12 @@ class ConvertOptions:
         ratio: fixed amplification, or None.
         target_exposure: seconds the output should look exposed for, or None.
         max_ratio: upper clamp of the ratio.
-        fmt: ``"tiff"`` or ``"png"``.
-        linear: linear transfer curve instead of sRGB's.
-        color_space: output primaries.
+        fmt: ``"tiff"``, ``"png"`` or ``"dng"`` (a denoised, brightened raw mosaic).
+        linear: linear transfer curve instead of the colour space's own.
+        color_space: output primaries (``srgb``, ``adobe``, ``p3``, ``rec2020`` (linear),
+            ``prophoto``).
+        strip_gps: leave GPS tags out of the output.
+        preview: also write a small before/after JPEG next to the output.
         tile, overlap: tiling in packed pixels (overlap None: the model card's measured one).
         overwrite: replace existing outputs.
     """
@@ -45,7 +53,9 @@ class ConvertOptions:
     max_ratio: float = DEFAULT_MAX_RATIO
     fmt: ImageFormat = "tiff"
     linear: bool = False
-    color_space: ColorSpace = "srgb"
+    color_space: str = "srgb"
+    strip_gps: bool = False
+    preview: bool = False
     tile: int = DEFAULT_TILE
     overlap: int | None = None
     overwrite: bool = False
@@ -100,6 +110,8 @@ def denoise(
     start = time.perf_counter()
     info = raw.info
     network.check_layout(info.layout, info.path)
+    if options.target_exposure is not None and info.exif.exposure_time is None:
+        raise MetadataError("no EXIF exposure time, so --target-exposure cannot work", info.path)
     packed = normalise_packed(pack(raw.mosaic, info.layout), info.layout, info.black, info.white)
     decision = choose_ratio(
         packed,
@@ -138,11 +150,62 @@ def denoise(
     return mosaic, decision
 
 
+def _encode(raw: RawFile, mosaic: np.ndarray, network: Network, decision: RatioDecision,
+            opts: ConvertOptions, timings: dict[str, float]) -> tuple[bytes, np.ndarray | None]:
+    """The output file's bytes (and the rendered RGB for previews, None for DNG)."""
+    start = time.perf_counter()
+    tags = metadata.select_tags(metadata.read_source(raw.data), strip_gps=opts.strip_gps)
+    record = metadata.SidrawRecord(
+        ratio=decision.ratio,
+        ratio_mode=decision.mode,
+        model=network.card.name,
+        model_sha256=network.card.sha256,
+    )
+    if opts.fmt == "dng":
+        timings["render"] = 0.0
+        data = _encode_dng(raw, mosaic)
+        data = metadata.apply(data, tags=tags, record=record, icc=None, orientation=None)
+        timings["write"] = time.perf_counter() - start
+        return data, None
+    encoding = encoding_for(opts.color_space, opts.linear)
+    rgb = render(raw.handle, mosaic, encoding=encoding)
+    timings["render"] = time.perf_counter() - start
+    start = time.perf_counter()
+    data = encode_image(rgb, opts.fmt)
+    data = metadata.apply(data, tags=tags, record=record, icc=icc_profile(encoding))
+    timings["write"] = time.perf_counter() - start
+    return data, rgb
+
+
+def _encode_dng(raw: RawFile, mosaic: np.ndarray) -> bytes:
+    info = raw.info
+    wb = info.wb_multipliers
+    meta = DngMetadata(
+        pattern=info.layout.pattern,
+        black=info.black,
+        white=int(info.white),
+        color_matrix=info.color_matrix,
+        as_shot_neutral=(1 / wb[0], 1.0, 1 / wb[2]),
+        make=info.exif.make or "Unknown",
+        model=info.exif.model or "Camera",
+        exposure_time=info.exif.exposure_time,
+        f_number=info.exif.f_number,
+        iso=int(info.exif.iso) if info.exif.iso else None,
+        datetime_original=info.exif.datetime_original,
+        orientation=info.exif.orientation or 1,
+        software=f"sidraw {__version__}",
+    )
+    buf = io.BytesIO()
+    write_dng(buf, mosaic, meta)
+    return buf.getvalue()
+
+
 def convert_file(
     src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | BinaryIO,
     options: ConvertOptions | None = None,
     *,
+    data: bytes | None = None,
     models: ModelCache | None = None,
     model: str | os.PathLike[str] | None = None,
     device: Device = "auto",
@@ -151,9 +214,12 @@ def convert_file(
     """Convert one dark raw file into a bright, clean 16-bit image.
 
     Args:
-        src: the raw file (any format LibRaw reads with a Bayer or X-Trans CFA).
-        dst: the output file (written atomically; not overwritten unless ``options.overwrite``).
+        src: the raw file (any format LibRaw reads with a Bayer or X-Trans CFA); with ``data``,
+            only the name used in messages (e.g. ``"-"`` for stdin).
+        dst: the output file (written atomically; not overwritten unless ``options.overwrite``),
+            or a binary stream (e.g. ``sys.stdout.buffer``).
         options: conversion settings (defaults: auto ratio, sRGB TIFF).
+        data: the raw file's bytes, when they do not come from ``src`` (stdin).
         models: a model cache shared across files (default: a new one from ``model``/``device``).
         model: a model card, ONNX file or folder (default: the bundled models).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -167,20 +233,37 @@ def convert_file(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src_name = os.fspath(src)
-    with open_raw(src_name) as raw:
+    preview_pair: tuple[np.ndarray, np.ndarray] | None = None
+    if isinstance(dst, (str, os.PathLike)):
+        check_target(dst, overwrite=opts.overwrite)  # before the decode and inference are spent
+    with open_raw(src_name, data) as raw:
         timings["decode"] = time.perf_counter() - t0
         network = cache.get(raw.info.layout.kind)
         mosaic, decision = denoise(raw, network, opts, progress=progress, timings=timings)
-        start = time.perf_counter()
-        rgb = render(raw.handle, mosaic, linear=opts.linear, color_space=opts.color_space)
-        timings["render"] = time.perf_counter() - start
+        naive = naive_mosaic(raw, decision.ratio) if opts.preview else None
+        encoded, rgb = _encode(raw, mosaic, network, decision, opts, timings)
+        if naive is not None:
+            # Full-size renders: LibRaw's half-size mode changes the visible raw buffer's shape.
+            after = rgb if rgb is not None else render(raw.handle, mosaic)
+            preview_pair = (render(raw.handle, naive), after)
     start = time.perf_counter()
-    data = encode_image(rgb, opts.fmt, software=f"sidraw {__version__}")
-    write_atomic(Path(dst), data, overwrite=opts.overwrite)
-    timings["write"] = time.perf_counter() - start
+    out_name: str | None
+    if isinstance(dst, (str, os.PathLike)):
+        write_atomic(Path(dst), encoded, overwrite=opts.overwrite)
+        out_name = os.fspath(dst)
+        if preview_pair is not None:
+            write_atomic(preview_path(Path(dst)), side_by_side(*preview_pair), overwrite=True)
+    else:
+        try:
+            dst.write(encoded)
+            dst.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot write the output stream ({exc})", "-") from None
+        out_name = "-"
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - start
     return ConvertResult(
         input=src_name,
-        output=os.fspath(dst),
+        output=out_name,
         decision=decision,
         model=network.card.name,
         seconds=time.perf_counter() - t0,

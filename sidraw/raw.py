@@ -7,6 +7,7 @@ This is the input edge of the pipeline: everything after it works on numpy array
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import sys
@@ -29,9 +30,9 @@ from .mosaic import Layout, layout_from_pattern
 #: Extensions (lower case, with dot) that batch mode picks up from folders. Any file given
 #: explicitly is tried whatever its extension.
 RAW_EXTENSIONS = frozenset(
-    ".3fr .ari .arw .bay .cap .cr2 .cr3 .crw .dcr .dcs .dng .drf .eip .erf .fff .iiq .k25 .kdc "
-    ".mdc .mef .mos .mrw .nef .nrw .orf .pef .ptx .pxn .r3d .raf .raw .rw2 .rwl .rwz .sr2 .srf "
-    ".srw .x3f".split()
+    ".3fr .ari .arw .bay .cap .cr2 .cr3 .crw .dcr .dcs .dng .drf .eip .erf "  # noqa: SIM905
+    ".fff .iiq .k25 .kdc .mdc .mef .mos .mrw .nef .nrw .orf .pef .ptx .pxn .r3d .raf .raw .rw2 "
+    ".rwl .rwz .sr2 .srf .srw .x3f".split()
 )
 
 #: Largest photosite count accepted before decoding (500 MP, beyond pixel-shift composites);
@@ -41,8 +42,13 @@ MAX_PHOTOSITES = 500_000_000
 # Lossless and lossy raw codecs stay above ~0.25 byte per photosite; a file far below that
 # cannot hold its image data (it was truncated), even though LibRaw may decode it silently.
 _MIN_BYTES_PER_PHOTOSITE = 0.05
-# Files smaller than this are decoded before the truncation check (the decode is then cheap).
+# Files smaller than this are decoded before the truncation check when their header claims at most
+# _SMALL_DECODE_PHOTOSITES (the decode is then cheap: LibRaw allocates the claimed size up front).
 _SMALL_DECODE_BYTES = 1 << 20
+_SMALL_DECODE_PHOTOSITES = 1 << 23
+# Larger files are not raw photos (500 MP of 16-bit photosites plus previews stay below this);
+# reading them whole would only exhaust memory.
+MAX_FILE_BYTES = 4 * MAX_PHOTOSITES
 
 
 @dataclass(frozen=True)
@@ -107,11 +113,13 @@ class RawFile:
         mosaic: (H, W) uint16 visible photosites in DN (black level included), a view into
             LibRaw's buffer: it is overwritten when a new mosaic is rendered.
         handle: the open ``rawpy.RawPy``.
+        data: the file's bytes (for copying its metadata).
     """
 
     info: RawInfo
     mosaic: np.ndarray
     handle: rawpy.RawPy
+    data: bytes = b""
 
 
 def _ratio_value(tag: Any) -> float | None:
@@ -171,10 +179,20 @@ def parse_exif(tags: dict[str, Any]) -> ExifInfo:
 def read_exif(data: bytes) -> ExifInfo:
     """Parse EXIF from the bytes of a raw file; a file without EXIF gives empty fields."""
     try:
-        tags = exifread.process_file(io.BytesIO(data), details=False, debug=False)
+        with _EXIFREAD_QUIET:
+            # exifread logs a warning line per damaged tag; EXIF is optional, keep stderr clean.
+            logger = logging.getLogger("exifread")
+            disabled, logger.disabled = logger.disabled, True
+            try:
+                tags = exifread.process_file(io.BytesIO(data), details=False, debug=False)
+            finally:
+                logger.disabled = disabled
     except Exception:  # exifread raises many kinds on odd files; EXIF is optional
         tags = {}
     return parse_exif(tags)
+
+
+_EXIFREAD_QUIET = threading.Lock()
 
 
 def _check_input_path(path: Path) -> None:
@@ -184,12 +202,16 @@ def _check_input_path(path: Path) -> None:
         raise InputError("file not found", path) from None
     except PermissionError:
         raise InputError("permission denied", path) from None
+    except OSError as exc:  # e.g. a symlink loop, a name too long
+        raise InputError(f"cannot read: {exc.strerror or exc}", path) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError("is a directory, not a raw file", path)
     if not stat.S_ISREG(st.st_mode):
         raise InputError("not a regular file", path)
     if st.st_size == 0:
         raise CorruptFileError("empty file", path)
+    if st.st_size > MAX_FILE_BYTES:
+        raise UnsupportedFileError(f"too large for a raw file ({st.st_size / 2**30:.1f} GiB)", path)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -249,7 +271,8 @@ def _open_libraw(data: bytes, name: str) -> rawpy.RawPy:
         raise UnsupportedFileError("not a raw format LibRaw can read", name) from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
         raw.close()
-        raise CorruptFileError(f"damaged or truncated raw data ({_libraw_reason(exc)})", name) from None
+        reason = f"damaged or truncated raw data ({_libraw_reason(exc)})"
+        raise CorruptFileError(reason, name) from None
     except rawpy.LibRawError as exc:
         raw.close()
         raise CorruptFileError(f"LibRaw cannot open it ({_libraw_reason(exc)})", name) from None
@@ -392,7 +415,9 @@ def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterato
     raw = _open_libraw(data, name)
     try:
         _check_sizes(raw, name)
-        if len(data) < _SMALL_DECODE_BYTES:
+        sizes = raw.sizes
+        photosites = int(sizes.raw_width) * int(sizes.raw_height)
+        if len(data) < _SMALL_DECODE_BYTES and photosites <= _SMALL_DECODE_PHOTOSITES:
             # Cheap to decode: do it first so a linear DNG is reported as such, not as truncated.
             _unpack(raw, name)
             layout = _layout(raw, name)
@@ -402,12 +427,11 @@ def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterato
             _unpack(raw, name)
             layout = _layout(raw, name)
         info = _info(raw, name, read_exif(data), layout)
-        del data
         mosaic = raw.raw_image_visible
         if mosaic.shape != (info.height, info.width):
             raise MetadataError(f"visible area {mosaic.shape} differs from the header", name)
         _check_pixels(mosaic, info.black, name)
-        yield RawFile(info=info, mosaic=mosaic, handle=raw)
+        yield RawFile(info=info, mosaic=mosaic, handle=raw, data=data)
     finally:
         raw.close()
 

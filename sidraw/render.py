@@ -6,12 +6,28 @@ every camera it knows is rendered with its own colours; sidraw only swaps the ph
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import rawpy
 
-ColorSpace = Literal["srgb", "adobe", "p3", "rec2020", "prophoto", "xyz", "raw"]
+from .color import Encoding, encoding_for
+
+
+def render_params(encoding: Encoding, *, half_size: bool = False) -> rawpy.Params:
+    """LibRaw settings for sidraw's rendering: camera white balance, no auto brightening, 16 bit.
+
+    Highlights are clipped after white balance so that saturated photosites come out neutral.
+    """
+    return rawpy.Params(
+        use_camera_wb=True,
+        use_auto_wb=False,
+        no_auto_bright=True,
+        output_bps=16,
+        gamma=encoding.libraw_gamma,
+        output_color=_LIBRAW_SPACE[encoding.space],
+        highlight_mode=rawpy.HighlightMode.Clip,
+        half_size=half_size,
+    )
+
 
 _LIBRAW_SPACE = {
     "srgb": rawpy.ColorSpace.sRGB,
@@ -19,46 +35,14 @@ _LIBRAW_SPACE = {
     "p3": rawpy.ColorSpace.P3D65,
     "rec2020": rawpy.ColorSpace.Rec2020,
     "prophoto": rawpy.ColorSpace.ProPhoto,
-    "xyz": rawpy.ColorSpace.XYZ,
-    "raw": rawpy.ColorSpace.raw,
 }
-
-# sRGB transfer curve as LibRaw takes it: (1 / exponent, slope of the linear toe).
-SRGB_GAMMA = (2.4, 12.92)
-LINEAR_GAMMA = (1.0, 1.0)
-
-
-def render_params(
-    *,
-    linear: bool = False,
-    color_space: ColorSpace = "srgb",
-    half_size: bool = False,
-    threads_hint: int | None = None,
-) -> rawpy.Params:
-    """LibRaw settings for sidraw's rendering: camera white balance, no auto brightening, 16 bit.
-
-    Highlights are clipped after white balance so that saturated photosites come out neutral.
-    """
-    del threads_hint  # LibRaw's demosaic threads are chosen by its OpenMP build.
-    return rawpy.Params(
-        use_camera_wb=True,
-        use_auto_wb=False,
-        no_auto_bright=True,
-        output_bps=16,
-        gamma=LINEAR_GAMMA if linear else SRGB_GAMMA,
-        output_color=_LIBRAW_SPACE[color_space],
-        highlight_mode=rawpy.HighlightMode.Clip,
-        half_size=half_size,
-        user_sat=None,
-    )
 
 
 def render(
     raw: rawpy.RawPy,
     mosaic: np.ndarray | None = None,
     *,
-    linear: bool = False,
-    color_space: ColorSpace = "srgb",
+    encoding: Encoding | None = None,
     half_size: bool = False,
 ) -> np.ndarray:
     """Render a mosaic with the metadata of an open raw file.
@@ -66,9 +50,8 @@ def render(
     Args:
         raw: an open rawpy file (its pixels are replaced in place when ``mosaic`` is given).
         mosaic: (H, W) uint16 DN with black level included, the shape of ``raw.raw_image_visible``;
-            None renders the file's own pixels.
-        linear: linear transfer instead of the sRGB curve.
-        color_space: output primaries.
+            None renders the file's current pixels.
+        encoding: output primaries and transfer curve (default: sRGB).
         half_size: LibRaw's half-size mode (no demosaic, quick previews).
 
     Returns:
@@ -79,5 +62,5 @@ def render(
         if mosaic.shape != visible.shape:
             raise ValueError(f"mosaic shape {mosaic.shape} differs from the raw's {visible.shape}")
         visible[...] = mosaic
-    params = render_params(linear=linear, color_space=color_space, half_size=half_size)
+    params = render_params(encoding or encoding_for("srgb"), half_size=half_size)
     return raw.postprocess(params)

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from unet_onnx import write_model  # noqa: E402
+from unet_onnx import write_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -39,7 +39,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_dng(tmp_path: Path):
-    """Write a synthetic dark DNG: ``make_dng(name, pattern="RGGB", width=900, height=600, ...)``."""
+    """Write a synthetic dark DNG: ``make_dng(name, pattern="RGGB", width=900, ...)``."""
     from sidraw.sample import write_sample
 
     def make(name: str = "dark.dng", folder: Path | None = None, **kwargs) -> Path:

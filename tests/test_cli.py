@@ -86,7 +86,9 @@ def test_without_folder_input_not_recursive(tmp_path: Path, models_dir: Path, ma
 def test_globs_and_same_stem_inputs(tmp_path: Path, models_dir: Path, make_dng) -> None:
     make_dng("x.dng", folder=tmp_path / "in")
     make_dng("x.arw", folder=tmp_path / "in", seed=1)
-    res = run("convert", str(tmp_path / "in" / "x.*"), "--out", tmp_path / "o", "--model", models_dir)
+    res = run(
+        "convert", str(tmp_path / "in" / "x.*"), "--out", tmp_path / "o", "--model", models_dir
+    )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x_arw.tif", "x_dng.tif"]
 

@@ -103,6 +103,5 @@ def test_truncated_dng_is_refused(tmp_path: Path, make_dng) -> None:
 def test_flat_pixels_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "flat.dng"
     write_dng(path, np.zeros((600, 900), np.uint16), DngMetadata(pattern=XTRANS_PATTERN, black=512))
-    with pytest.raises(CorruptFileError, match="no image data"):
-        with open_raw(path):
-            pass
+    with pytest.raises(CorruptFileError, match="no image data"), open_raw(path):
+        pass

@@ -45,8 +45,16 @@ def test_each_shared_file(shared_raw: Path, name: str) -> None:
 
 def test_batch_of_shared_files(shared_raw: Path, tmp_path: Path, models_dir: Path) -> None:
     res = CliRunner().invoke(
-        app, ["convert", str(shared_raw / "real"), str(shared_raw / "broken"), "-o", str(tmp_path),
-              "--model", str(models_dir)]
+        app,
+        [
+            "convert",
+            str(shared_raw / "real"),
+            str(shared_raw / "broken"),
+            "-o",
+            str(tmp_path),
+            "--model",
+            str(models_dir),
+        ],
     )
     assert res.exit_code == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kodak_dc50.tif"]

@@ -45,7 +45,9 @@ class _Builder:
 
     def pool(self, x: str) -> str:
         y = self.name("pool")
-        self.nodes.append(helper.make_node("MaxPool", [x], [y], kernel_shape=[2, 2], strides=[2, 2]))
+        self.nodes.append(
+            helper.make_node("MaxPool", [x], [y], kernel_shape=[2, 2], strides=[2, 2])
+        )
         return y
 
     def up(self, x: str, cin: int, cout: int) -> str:
@@ -93,7 +95,9 @@ def build_unet(channels: int, width: int = 8, levels: int = 4, seed: int = 0) ->
     return model
 
 
-def write_model(folder: Path, cfa: str, width: int = 8, seed: int = 0, name: str | None = None) -> Path:
+def write_model(
+    folder: Path, cfa: str, width: int = 8, seed: int = 0, name: str | None = None
+) -> Path:
     """Write ``<name>.onnx`` and its model card into ``folder``; returns the card path."""
     channels = BAYER if cfa == "bayer" else XTRANS
     name = name or f"test-{cfa}"

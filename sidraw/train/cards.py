@@ -1,4 +1,4 @@
-"""Model cards: ``weights/<name>.json`` (read by the inference loader) and ``<name>.md`` (people)."""
+"""Model cards: ``weights/<name>.json`` (read by the inference loader), ``<name>.md`` (people)."""
 
 from __future__ import annotations
 
@@ -80,8 +80,9 @@ def unprocess_description() -> dict[str, object]:
 def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
+    overlap: int | None = None,
 ) -> dict[str, object]:
-    """The JSON model card."""
+    """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured)."""
     ucfg = model.config
     block = 2 if cfg.cfa == "bayer" else 3
     hist = []
@@ -102,6 +103,7 @@ def build_card(
         "input_name": "input",
         "output_name": "output",
         "normalisation": NORMALISATION,
+        **({"overlap": overlap} if overlap is not None else {}),
         "architecture": {
             "type": "U-Net (Chen et al. 2018, SID), packed raw in / packed raw out",
             "levels": 5,
@@ -168,20 +170,22 @@ def markdown_card(card: dict) -> str:
         "",
         f"- {a['type']}; 5 levels of widths {a['widths']} (4 poolings: packed h and w must be "
         f"multiples of {card['downsample']}), {a['activation']}, {a['up']}.",
-        f"- {a['params']:,} parameters, {a['gflops_per_megapixel']} GFLOPs per megapixel of mosaic.",
+        f"- {a['params']:,} parameters, {a['gflops_per_megapixel']} GFLOPs per megapixel "
+        "of mosaic.",
         f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
         f"{a['onnx_parity_max_abs_diff']:.1e}.",
         "",
         "CPU speed of the widths tried (" + a["speed_cpu"]["hardware"] + "; "
         + a["speed_cpu"]["note"] + "):",
         "",
-        "| width | max mult | params | GFLOPs/MP | train step (s) | train s/MP | ONNX s/MP |",
-        "|---|---|---|---|---|---|---|",
+        "| CFA | width | max mult | params | GFLOPs/MP | train step (s) | train s/MP | ONNX s/MP |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in a["speed_cpu"]["widths_tried"]:
         lines.append(
-            f"| {r['width']} | {r.get('max_mult', 16)} | {r['params']:,} | {r['gflops_per_mp']} | "
-            f"{r['train_step_s']} | {r['train_s_per_mp']} | {r.get('onnx_s_per_mp', '')} |"
+            f"| {r.get('cfa', card['cfa'])} | {r['width']} | {r.get('max_mult', 16)} | "
+            f"{r['params']:,} | {r['gflops_per_mp']} | {r['train_step_s']} | "
+            f"{r['train_s_per_mp']} | {r.get('onnx_s_per_mp', '')} |"
         )
     lines += [
         "",
@@ -259,12 +263,26 @@ def markdown_card(card: dict) -> str:
 def write_cards(
     out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
-    history: str | None = None,
+    history: str | None = None, overlap: int | None = None,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
-        name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history
+        name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
+        overlap,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))
+    return card
+
+
+def update_validation(onnx_path: str | Path, summary: dict) -> dict:
+    """Put an evaluation summary into the cards next to ``onnx_path`` (checks the sha256)."""
+    onnx_path = Path(onnx_path)
+    json_path = onnx_path.with_suffix(".json")
+    card = json.loads(json_path.read_text())
+    if card["sha256"] != sha256_file(onnx_path):
+        raise ValueError(f"{json_path}: sha256 does not match {onnx_path.name}")
+    card["validation"] = summary
+    json_path.write_text(json.dumps(card, indent=2) + "\n")
+    onnx_path.with_suffix(".md").write_text(markdown_card(card))
     return card

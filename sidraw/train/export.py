@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,20 @@ def _to_float16_initializers(onnx_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
+def _export(model: UNet, dummy: torch.Tensor, buf: io.BytesIO) -> None:
+    torch.onnx.export(
+        model,
+        (dummy,),
+        buf,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "N", 2: "h", 3: "w"}, "output": {0: "N", 2: "h", 3: "w"}},
+        opset_version=OPSET,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+
+
 def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> float:
     """Write ``model`` as ONNX (input ``input``, output ``output``, dynamic N, h, w).
 
@@ -85,17 +100,10 @@ def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> 
     c = model.config.channels
     dummy = torch.zeros(1, c, 2 * DOWNSAMPLE, 2 * DOWNSAMPLE)
     buf = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (dummy,),
-        buf,
-        input_names=["input"],
-        output_names=["output"],
-        dynamic_axes={"input": {0: "N", 2: "h", 3: "w"}, "output": {0: "N", 2: "h", 3: "w"}},
-        opset_version=OPSET,
-        do_constant_folding=True,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but gives plain, stable Conv graphs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(model, dummy, buf)
     data = buf.getvalue()
     if float16_weights:
         data = _to_float16_initializers(data)
@@ -109,6 +117,23 @@ def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> 
     if diff > PARITY_TOL:
         raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.2e} (> {PARITY_TOL})")
     return diff
+
+
+def measure_tile_overlap(path: str | Path, channels: int) -> int | None:
+    """Default tile overlap (packed pixels) at which tiled inference matches whole-image
+    inference, measured with the inference code's :func:`sidraw.tiling.measure_overlap`."""
+    import onnxruntime as ort
+
+    try:
+        from ..tiling import measure_overlap
+    except ImportError:  # inference side not present
+        return None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        return sess.run(["output"], {"input": batch.astype(np.float32)})[0]
+
+    return int(measure_overlap(fn, channels))
 
 
 def sha256_file(path: str | Path) -> str:
@@ -136,13 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / f"{a.name}.onnx"
     diff = export_onnx(model, onnx_path)
+    overlap = measure_tile_overlap(onnx_path, model.config.channels)
     validation = json.loads(Path(a.eval).read_text()) if a.eval else None
     speeds = []
     for s in a.speed:
         speeds += [json.loads(line) for line in Path(s).read_text().splitlines() if line.strip()]
     write_cards(
         out, a.name, a.version, onnx_path, model, cfg, info, diff,
-        validation=validation, speeds=speeds, history=a.history,
+        validation=validation, speeds=speeds, history=a.history, overlap=overlap,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
 

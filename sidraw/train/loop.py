@@ -196,10 +196,11 @@ class Trainer:
             lr = lr_at(cfg, self.step, self.elapsed)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            xs, ys = zip(
-                *(training_pair(sampler.crop(size), cfg.cfa, cfg.patch, rng) for _ in range(cfg.batch)),
-                strict=True,
-            )
+            pairs = [
+                training_pair(sampler.crop(size), cfg.cfa, cfg.patch, rng)
+                for _ in range(cfg.batch)
+            ]
+            xs, ys = zip(*pairs, strict=True)
             x = torch.from_numpy(np.stack(xs)).to(self.device)
             y = torch.from_numpy(np.stack(ys)).to(self.device)
             if self.device.type == "cpu":
@@ -255,13 +256,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--device", default=d.device, help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
-    ap.add_argument("--data", default=None, help="data folder holding clean/ (default ../shared/data)")
+    ap.add_argument("--data", default=None, help="folder holding clean/ (default ../shared/data)")
     ap.add_argument("--init", default=None, help="warm-start from an ONNX model")
     ap.add_argument("--out", default="runs/bayer", help="run folder (checkpoint, log, history)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     a = ap.parse_args(argv)
     cfg = TrainConfig(
-        cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=a.residual, patch=a.patch, batch=a.batch,
+        cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=a.residual, patch=a.patch,
+        batch=a.batch,
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
     )

@@ -79,6 +79,7 @@ def main() -> None:
         step = train_step_seconds(cfg, args.batch, args.patch)
         mp = args.batch * (args.patch * block) ** 2 / 1e6
         row = {
+            "cfa": "bayer" if args.channels == 4 else "xtrans",
             "width": w,
             "max_mult": args.max_mult,
             "params": count_params(UNet(cfg)),

@@ -19,7 +19,9 @@ from ..mosaic import Layout, layout_from_letters
 # XYZ (D65) -> camera RGB matrices, as tabulated (x 10000) in dcraw's adobe_coeff().
 CAMERA_XYZ2CAM: dict[str, np.ndarray] = {
     "Sony ILCE-7S": np.array([[5838, -1430, -246], [-3497, 11477, 2297], [-748, 1885, 5778]]),
-    "Canon EOS 5D Mark II": np.array([[4716, 603, -830], [-7798, 15474, 2480], [-1496, 1937, 6651]]),
+    "Canon EOS 5D Mark II": np.array(
+        [[4716, 603, -830], [-7798, 15474, 2480], [-1496, 1937, 6651]]
+    ),
     "Nikon D800": np.array([[7866, -2108, -555], [-4869, 12483, 2681], [-1176, 2069, 7501]]),
     "Fujifilm X-T2": np.array([[11434, -4948, -1210], [-3746, 12042, 1903], [-666, 1479, 5235]]),
 }
@@ -31,7 +33,9 @@ RGB2XYZ = np.array(
 )
 
 # Fuji's X-Trans pattern, rows from the top-left photosite.
-XTRANS_PATTERN = np.array([list(r) for r in ("GGRGGB", "GGBGGR", "BRGRBG", "GGBGGR", "GGRGGB", "RBGBRG")])
+XTRANS_PATTERN = np.array(
+    [list(r) for r in ("GGRGGB", "GGBGGR", "BRGRBG", "GGBGGR", "GGRGGB", "RBGBRG")]
+)
 BAYER_PATTERN = np.array([["R", "G"], ["G", "B"]])
 
 _COLOUR_INDEX = {"R": 0, "G": 1, "B": 2}
@@ -63,7 +67,7 @@ class CameraParams:
 def random_camera(rng: np.random.Generator) -> CameraParams:
     """Draw a colour matrix (random convex mix of real cameras) and white-balance gains.
 
-    The gain ranges are those of Brooks et al.: red 1.9..2.4, blue 1.5..1.9, brightness 1/N(0.8, 0.1).
+    Gain ranges as Brooks et al.: red 1.9..2.4, blue 1.5..1.9, brightness 1/N(0.8, 0.1).
     """
     mats = np.stack(list(CAMERA_XYZ2CAM.values())).astype(np.float64) / 10000.0
     weights = rng.uniform(1e-8, 1.0, size=len(mats))
@@ -144,7 +148,7 @@ def random_pattern(cfa: str, rng: np.random.Generator) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _layout_cached(letters: str) -> Layout:
-    n = int(round(len(letters) ** 0.5))
+    n = round(len(letters) ** 0.5)
     return layout_from_letters(np.array(list(letters)).reshape(n, n))
 
 

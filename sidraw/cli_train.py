@@ -1,0 +1,118 @@
+"""``sidraw train`` and ``sidraw eval``: command functions registered by the main app.
+
+The logic lives in :mod:`sidraw.train`; torch is imported only when a command runs, so ``sidraw``
+works without the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_TRAIN_MODULES = ("torch", "onnx", "scipy", "PIL", "bm3d")
+
+
+def _require_train_extra(modules: tuple[str, ...] = _TRAIN_MODULES) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(
+            f"error: training needs {', '.join(missing)}; install sidraw[train] "
+            "(pip install 'sidraw[train]').",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
+
+def train_command(
+    cfa: Annotated[str, typer.Option(help="Sensor layout: bayer or xtrans.")] = "bayer",
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoint.pt, history.jsonl.")] = Path(
+        "runs/bayer"
+    ),
+    width: Annotated[int, typer.Option(help="Channels of the first U-Net level.")] = 24,
+    max_mult: Annotated[
+        int, typer.Option(help="Cap on the width multiplier of the deepest levels (SID: 16).")
+    ] = 8,
+    patch: Annotated[int, typer.Option(help="Packed patch edge (grow it on resume).")] = 128,
+    batch: Annotated[int, typer.Option(help="Patches per step.")] = 8,
+    steps: Annotated[int, typer.Option(help="Stop after this many steps in all.")] = 100_000,
+    minutes: Annotated[
+        float, typer.Option(help="Stop after this much training time in all (0: no limit).")
+    ] = 0.0,
+    lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 2e-4,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
+    init: Annotated[
+        Path | None, typer.Option(help="Warm-start from an ONNX model (matching tensors).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder holding clean/ (default ../shared/data).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="PyTorch CPU threads.")] = 2,
+    checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a denoising U-Net on synthetic low-light raw pairs."""
+    _require_train_extra()
+    from .train.loop import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        cfa=cfa, width=width, max_mult=max_mult, patch=patch, batch=batch, steps=steps,
+        minutes=minutes, lr=lr, seed=seed, device=device, threads=threads,
+        checkpoint_minutes=checkpoint_minutes, data=str(data) if data else None,
+        init=str(init) if init else None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    Trainer(cfg, out, resume=resume).run()
+
+
+def eval_command(
+    models: Annotated[
+        list[Path] | None,
+        typer.Argument(help="ONNX models to evaluate; the CFA is read from each JSON card."),
+    ] = None,
+    cfa: Annotated[
+        str | None, typer.Option(help="Evaluate only the baselines for this CFA (no model).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for tables, JSON and baseline cache.")] = Path(
+        "runs/eval"
+    ),
+    images: Annotated[
+        int | None, typer.Option(help="Validation photos (default 12 Bayer, 6 X-Trans).")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder holding clean/ (default ../shared/data).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 2,
+    update_card: Annotated[
+        bool, typer.Option(help="Write each model's table into its JSON and Markdown cards.")
+    ] = False,
+) -> None:
+    """Evaluate models against naive amplification and BM3D on held-out photos."""
+    _require_train_extra(("onnx", "scipy", "PIL", "bm3d"))
+    import json
+
+    from .train.evaluate import evaluate, markdown_table
+
+    jobs: list[tuple[str, Path | None]] = []
+    for m in models or []:
+        card = m.with_suffix(".json")
+        kind = json.loads(card.read_text())["cfa"] if card.exists() else cfa
+        if kind not in ("bayer", "xtrans"):
+            raise typer.BadParameter(f"{m}: no model card and no --cfa")
+        jobs.append((kind, m))
+    if not jobs:
+        if cfa is None:
+            raise typer.BadParameter("give model files or --cfa")
+        jobs.append((cfa, None))
+    for kind, model in jobs:
+        n = images or (12 if kind == "bayer" else 6)
+        summary = evaluate(kind, model, out, str(data) if data else None, n, threads, typer.echo)
+        if update_card and model is not None:
+            from .train.cards import update_validation
+
+            update_validation(model, summary)
+        typer.echo(f"\n{model or kind}\n")
+        typer.echo(markdown_table(summary))

@@ -1,0 +1,62 @@
+"""Training pairs are produced in the convert-time domain; the data split is fixed and disjoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from sidraw.mosaic import normalise_packed, pack
+from sidraw.train import data as data_mod
+from sidraw.train import pairs
+from sidraw.train.unprocess import layout_for
+
+
+@pytest.mark.parametrize("cfa", ["bayer", "xtrans"])
+def test_pair_matches_convert_domain(cfa: str) -> None:
+    rng = np.random.default_rng(0)
+    srgb = rng.uniform(0, 1, size=(60, 72, 3)).astype(np.float32)
+    pair = pairs.make_pair(srgb, cfa, rng, ratio=150.0)
+    layout = layout_for(pair.pattern)
+    p = layout.period
+    black = np.full((p, p), pair.noise.black, np.float32)
+    expected = normalise_packed(pack(pair.raw_dn, layout), layout, black, pair.noise.white) * 150.0
+    assert np.array_equal(pair.noisy, np.clip(expected, -1, 1))
+    assert np.array_equal(pair.clean, pack(pair.clean_mosaic, layout))
+    assert pair.noisy.shape == pair.clean.shape == layout.packed_shape((60, 72))
+    assert pair.noisy.min() >= -1 and pair.noisy.max() <= 1
+    assert pair.clean.min() >= 0 and pair.clean.max() <= 1
+    assert pair.raw_dn.dtype == np.uint16
+
+
+def test_noisy_mean_tracks_clean() -> None:
+    rng = np.random.default_rng(1)
+    srgb = np.full((128, 128, 3), 0.5, np.float32)
+    means = []
+    for _ in range(20):
+        pair = pairs.make_pair(srgb, "bayer", rng, ratio=20.0)
+        means.append((pair.noisy.mean(), pair.clean.mean()))
+    noisy, clean = np.mean(means, axis=0)
+    assert noisy == pytest.approx(clean, rel=0.05)
+
+
+@pytest.mark.parametrize(("cfa", "channels"), [("bayer", 4), ("xtrans", 9)])
+def test_training_pair_shapes(cfa: str, channels: int) -> None:
+    rng = np.random.default_rng(2)
+    size = pairs.mosaic_size(32, cfa)
+    noisy, clean = pairs.training_pair(np.zeros((size, size, 3), np.float32) + 0.3, cfa, 32, rng)
+    assert noisy.shape == clean.shape == (channels, 32, 32)
+    assert noisy.dtype == clean.dtype == np.float32
+
+
+def test_split_is_fixed_and_disjoint() -> None:
+    root = data_mod.data_root()
+    if not (root / "clean" / "MANIFEST.tsv").exists():
+        pytest.skip("shared data not available")
+    entries = data_mod.manifest(root)
+    train, val = data_mod.split(entries)
+    assert len(val) >= 24
+    assert not set(train) & set(val)
+    assert len(train) + len(val) == len(entries)
+    assert data_mod.split(entries) == (train, val)
