@@ -322,7 +322,10 @@ def _unpack(raw: rawpy.RawPy, name: str) -> None:
 
 
 def _layout(raw: rawpy.RawPy, name: str) -> Layout:
-    pattern = raw.raw_pattern
+    try:
+        pattern = raw.raw_pattern
+    except NotImplementedError as exc:  # rawpy knows no pattern for LibRaw's "filters" code
+        raise UnsupportedFileError(f"unsupported sensor layout ({exc})", name) from None
     if pattern is None or raw.raw_type != rawpy.RawType.Flat:
         raise UnsupportedFileError(
             "linear (already demosaiced) raw files are not supported yet: sidraw needs the "

@@ -1,0 +1,216 @@
+"""The child side of the benchmark: each subcommand runs in a fresh process started by run.py and
+prints one JSON line with what it measured.
+
+    python bench/worker.py stages  --src F.dng --dst F.tif --cfa bayer [--model M] [--threads N]
+    python bench/worker.py network --src F.dng --cfa bayer [--model M] [--threads N] [--tile 512]
+    python bench/worker.py conv    [--threads N] [--size 512] [--channels 64] [--reps 5]
+    python bench/worker.py rawpy   --src F.dng --dst F.tif
+
+run.py puts the checkout first on PYTHONPATH, so these measure the working tree's sidraw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _emit(report: dict[str, Any]) -> None:
+    print(json.dumps(report), flush=True)
+
+
+def _session_options(threads: int) -> Any:
+    """onnxruntime settings exactly as :class:`sidraw.model.Network` makes them."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return opts
+
+
+def cmd_stages(args: argparse.Namespace) -> None:
+    """``sidraw.convert_file`` in process: total seconds and the per-stage timings."""
+    import sidraw
+    from sidraw.model import ModelCache
+
+    tiles = [0]
+
+    def progress(done: int, total: int) -> None:
+        tiles[0] = total
+
+    cache = ModelCache(args.model or None, "cpu", args.threads)
+    options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile, overwrite=True)
+    result = sidraw.convert_file(args.src, args.dst, options, models=cache, progress=progress)
+    network = cache.get(args.cfa)  # the network convert_file loaded
+    _emit(
+        {
+            "seconds": result.seconds,
+            "timings": result.timings,
+            "tiles": tiles[0],
+            "overlap": network.card.overlap,
+            "threads": network.threads,
+            "providers": list(network.providers),
+        }
+    )
+
+
+def cmd_network(args: argparse.Namespace) -> None:
+    """The network alone on the frame cut into a grid of non-overlapping tiles.
+
+    The frame is read, packed and amplified like sidraw does (not timed), reflect-padded up to
+    a whole number of tiles, and cut into ``tile`` x ``tile`` NCHW batches. One tile is run
+    first to warm onnxruntime up (its arena, its kernels' packed weights); then all tiles are
+    timed back to back.
+    """
+    from sidraw.exposure import amplify
+    from sidraw.model import Network, card_for
+    from sidraw.mosaic import normalise_packed, pack
+    from sidraw.raw import open_raw
+
+    card = card_for(args.cfa, args.model or None)
+    network = Network(card, "cpu", args.threads)
+    with open_raw(args.src) as raw:
+        info = raw.info
+        mosaic = pack(raw.mosaic, info.layout)
+        packed = normalise_packed(mosaic, info.layout, info.black, info.white)
+    x = amplify(packed, args.ratio, out=packed)
+    h, w, c = x.shape
+    t = args.tile
+    ny, nx = math.ceil(h / t), math.ceil(w / t)
+    padded = np.pad(x, ((0, ny * t - h), (0, nx * t - w), (0, 0)), mode="reflect")
+    batches = [
+        np.ascontiguousarray(padded[y : y + t, x0 : x0 + t].transpose(2, 0, 1)[None])
+        for y in range(0, ny * t, t)
+        for x0 in range(0, nx * t, t)
+    ]
+    start = time.perf_counter()
+    network(batches[0])
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for batch in batches:
+        network(batch)
+    seconds = time.perf_counter() - start
+    n = len(batches)
+    _emit(
+        {
+            "seconds": seconds,
+            "tiles": n,
+            "grid": [ny, nx],
+            "tile": t,
+            "packed": [h, w, c],
+            "per_tile_s": seconds / n,
+            "first_tile_s": first,
+            "area_fraction": h * w / (n * t * t),
+            "threads": network.threads,
+            "providers": list(network.providers),
+        }
+    )
+
+
+def cmd_conv(args: argparse.Namespace) -> None:
+    """This CPU's convolution throughput: one 3x3 conv, same onnxruntime settings as sidraw."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sidraw.model import physical_cores
+
+    threads = args.threads or physical_cores()
+    c, s = args.channels, args.size
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, math.sqrt(2 / (9 * c)), (c, c, 3, 3)).astype(np.float32)
+    bias = np.zeros(c, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, s, s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, s, s])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(
+        model.SerializeToString(),
+        sess_options=_session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
+    x = rng.uniform(-1, 1, (1, c, s, s)).astype(np.float32)
+    session.run(["y"], {"x": x})
+    times = []
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        session.run(["y"], {"x": x})
+        times.append(time.perf_counter() - start)
+    flops = 2 * c * c * 9 * s * s
+    _emit(
+        {
+            "flops": flops,
+            "seconds_min": min(times),
+            "seconds": times,
+            "gflops_per_s": flops / min(times) / 1e9,
+            "threads": threads,
+            "channels": c,
+            "size": s,
+        }
+    )
+
+
+def cmd_rawpy(args: argparse.Namespace) -> None:
+    """The rawpy peer: decode + LibRaw postprocess with sidraw's render settings + TIFF write."""
+    import rawpy
+    import tifffile
+
+    from sidraw.render import render_params
+
+    start = time.perf_counter()
+    with rawpy.imread(args.src) as raw:
+        rgb = raw.postprocess(render_params())
+    develop = time.perf_counter() - start
+    tifffile.imwrite(args.dst, rgb, photometric="rgb")
+    _emit({"seconds": time.perf_counter() - start, "develop_s": develop, "shape": list(rgb.shape)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("stages")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
+    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
+    p.add_argument("--ratio", type=float, default=100.0)
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(fn=cmd_stages)
+    p = sub.add_parser("network")
+    p.add_argument("--src", required=True)
+    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
+    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
+    p.add_argument("--ratio", type=float, default=100.0)
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(fn=cmd_network)
+    p = sub.add_parser("conv")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5)
+    p.set_defaults(fn=cmd_conv)
+    p = sub.add_parser("rawpy")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.set_defaults(fn=cmd_rawpy)
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
