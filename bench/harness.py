@@ -1,8 +1,9 @@
 """Running one benchmark case in a fresh subprocess: wall time, peak RSS and the child's report.
 
-Peak RSS comes from ``os.wait4`` on the child itself, so every measurement is that one process's
-high-water mark (plus any children it waited for), not the maximum over all earlier children as
-``getrusage(RUSAGE_CHILDREN)`` would give.
+Every command is started by launch.py, a bare interpreter that ``os.wait4``s on it: the peak RSS
+is that one process's high-water mark (plus any children it waited for), neither the maximum over
+all earlier children, as ``getrusage(RUSAGE_CHILDREN)`` would give, nor inflated by the size of
+the benchmark process itself (see launch.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+LAUNCHER = Path(__file__).resolve().with_name("launch.py")
 
 
 @dataclass
@@ -74,37 +78,48 @@ def measure(
     cwd: str | None = None,
     timeout: float = 900.0,
 ) -> Measurement:
-    """Run ``cmd`` in a fresh process and measure its wall time and peak RSS."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run ``cmd`` in a fresh process (through launch.py) and measure its wall time and peak RSS.
+
+    On timeout the launcher and the command (one process group) are killed.
+    """
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        result = Path(tmp) / "result.json"
         start = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd
+            [sys.executable, "-I", "-S", str(LAUNCHER), str(result), *cmd],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
-        expired = threading.Event()
-
-        def _kill() -> None:
-            expired.set()
-            # os.kill, not proc.kill: Popen.poll() could reap the child before wait4 does.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, _kill)
-        timer.start()
+        timed_out = False
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            report = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            report = {"wall_s": wall, "maxrss_kib": float("nan"), "returncode": -9}
         out.seek(0)
         err.seek(0)
         return Measurement(
-            wall_s=wall,
-            peak_rss_mb=usage.ru_maxrss * 1024 / 1e6,  # Linux reports KiB
-            returncode=proc.returncode,
+            wall_s=float(report["wall_s"]) if not timed_out else wall,
+            peak_rss_mb=report["maxrss_kib"] * 1024 / 1e6,  # Linux reports KiB
+            returncode=int(report["returncode"]) if proc.returncode == 0 else proc.returncode,
             stdout=out.read().decode("utf-8", errors="replace"),
             stderr=err.read().decode("utf-8", errors="replace"),
-            timed_out=expired.is_set(),
+            timed_out=timed_out,
         )
 
 

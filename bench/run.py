@@ -422,8 +422,11 @@ def frame_result(
     return result
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec`` (e.g. ``"9.3f"``), or a dash of the same width."""
+    if value is None:
+        return "-".rjust(int(spec.split(".")[0] or 0))
+    return format(value, spec)
 
 
 def _row(
@@ -455,7 +458,8 @@ def print_table(frames: list[Frame], results: dict[str, dict[str, Any]]) -> None
         for key, c in cases.items():
             label = c["label"]
             if key == "network" and c["reports"]:
-                label = f"network alone, {c['reports'][0]['tiles']} tiles {r['frame']['tile']}px"
+                n = c["reports"][0]["tiles"]
+                label = f"network alone, {n} tile{'s' * (n != 1)} of {r['frame']['tile']}px"
             if c["error"] and not c["values_s"]:
                 log(f"{label:34} {frame.key:13} failed: {c['error'][:60]}")
                 continue

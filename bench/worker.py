@@ -164,15 +164,26 @@ def cmd_conv(args: argparse.Namespace) -> None:
 
 
 def cmd_rawpy(args: argparse.Namespace) -> None:
-    """The rawpy peer: decode + LibRaw postprocess with sidraw's render settings + TIFF write."""
+    """The rawpy peer: decode + LibRaw postprocess + 16-bit TIFF write, no noise reduction.
+
+    The LibRaw settings are sidraw's rendering ones (camera white balance, no auto brightening,
+    sRGB curve, clipped highlights), written out here so the peer does not depend on sidraw.
+    """
     import rawpy
     import tifffile
 
-    from sidraw.render import render_params
-
+    params = rawpy.Params(
+        use_camera_wb=True,
+        use_auto_wb=False,
+        no_auto_bright=True,
+        output_bps=16,
+        gamma=(2.4, 12.92),
+        output_color=rawpy.ColorSpace.sRGB,
+        highlight_mode=rawpy.HighlightMode.Clip,
+    )
     start = time.perf_counter()
     with rawpy.imread(args.src) as raw:
-        rgb = raw.postprocess(render_params())
+        rgb = raw.postprocess(params)
     develop = time.perf_counter() - start
     tifffile.imwrite(args.dst, rgb, photometric="rgb")
     _emit({"seconds": time.perf_counter() - start, "develop_s": develop, "shape": list(rgb.shape)})

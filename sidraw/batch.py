@@ -50,6 +50,14 @@ class Plan:
     errors: list[SidrawError] = field(default_factory=list)
 
 
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path for a symlink loop (an error later, not here)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: symlink loop before Python 3.13
+        return Path(os.path.abspath(path))
+
+
 def is_raw_name(path: Path) -> bool:
     return path.suffix.lower() in RAW_EXTENSIONS
 
@@ -78,7 +86,7 @@ def collect_inputs(
     seen: set[Path] = set()
 
     def add(path: Path, relative: Path) -> None:
-        key = path.resolve()
+        key = _resolved(path)
         if key not in seen:
             seen.add(key)
             found.append(InputFile(path, relative))
@@ -143,20 +151,20 @@ def plan_jobs(
     first = [target(i, False) for i in inputs]
     groups: dict[Path, list[int]] = defaultdict(list)
     for k, dst in enumerate(first):
-        groups[dst.resolve()].append(k)
-    input_paths = {i.path.resolve() for i in inputs}
+        groups[_resolved(dst)].append(k)
+    input_paths = {_resolved(i.path) for i in inputs}
     plan = Plan()
     for k, inp in enumerate(inputs):
         dst = first[k]
-        if len(groups[dst.resolve()]) > 1:
+        if len(groups[_resolved(dst)]) > 1:
             dst = target(inp, True)
-        if dst.resolve() in input_paths or dst.resolve() == inp.path.resolve():
+        if _resolved(dst) in input_paths or _resolved(dst) == _resolved(inp.path):
             plan.errors.append(OutputError("output name would overwrite an input file", dst))
             continue
         plan.jobs.append(Job(inp.path, dst))
     final = defaultdict(list)
     for job in plan.jobs:
-        final[job.dst.resolve()].append(job)
+        final[_resolved(job.dst)].append(job)
     for dst, jobs in final.items():
         if len(jobs) > 1:
             for job in jobs:

@@ -48,6 +48,12 @@ class DeviceChoice(str, Enum):
     cuda = "cuda"
 
 
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    int8 = "int8"
+
+
 class ColorSpaceChoice(str, Enum):
     srgb = "srgb"
     adobe = "adobe"
@@ -160,6 +166,10 @@ def convert(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="Inference threads (default: cores).")
     ] = None,
+    precision: Annotated[
+        PrecisionChoice,
+        typer.Option("--precision", help="auto: INT8 on CPUs when the model validated it."),
+    ] = PrecisionChoice.auto,
     tile: Annotated[
         int, typer.Option("--tile", min=64, help="Tile size in packed pixels.")
     ] = DEFAULT_TILE,
@@ -265,7 +275,7 @@ def convert(
                 console.print(f"{action}: {job.src} → {job.dst}")
         raise typer.Exit(EXIT_FAILED if errors else EXIT_OK)
 
-    models = ModelCache(model, device.value, threads)
+    models = ModelCache(model, device.value, threads, precision.value)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -20,6 +20,10 @@ from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
 
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "int8"]
+
+#: Largest validation PSNR loss (dB) at which ``auto`` precision uses a model's INT8 variant.
+INT8_MAX_PSNR_DROP = 0.1
 
 _EXPECTED_CHANNELS = {"bayer": list(BAYER_CHANNELS), "xtrans": list(XTRANS_CHANNELS)}
 
@@ -47,6 +51,8 @@ class ModelCard:
         input_name, output_name: ONNX tensor names.
         overlap: default tile overlap in packed pixels, measured on the network at export time
             (:func:`sidraw.tiling.measure_overlap`).
+        variants: other precisions of the same network, e.g. ``{"int8": {"file": ...,
+            "sha256": ..., "psnr_drop_db": 0.03}}`` (:mod:`sidraw.quantize`).
         input_clip: (lo, hi) clip of the amplified input.
         raw: the whole card as loaded.
     """
@@ -61,6 +67,7 @@ class ModelCard:
     output_name: str = "output"
     input_clip: tuple[float, float] = (-1.0, 1.0)
     overlap: int = 64
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -95,6 +102,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             output_name=str(data.get("output_name", "output")),
             input_clip=(clip[0], clip[1]),
             overlap=int(data.get("overlap", 64)),
+            variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
             raw=data,
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -196,6 +204,26 @@ def _providers(device: Device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def choose_file(card: ModelCard, precision: Precision, device: str) -> tuple[Path, str, str]:
+    """The ONNX file for a precision: (path, expected sha256, precision used).
+
+    ``auto`` takes the INT8 variant on CPUs when its validation PSNR loss is at most
+    :data:`INT8_MAX_PSNR_DROP`, and fp32 otherwise.
+    """
+    int8 = card.variants.get("int8")
+    if precision == "int8":
+        if not int8:
+            raise ModelError(f"model {card.name} has no int8 variant", card.path)
+    elif precision == "auto":
+        drop = (int8 or {}).get("psnr_drop_db")
+        if not int8 or device == "cuda" or drop is None or float(drop) > INT8_MAX_PSNR_DROP:
+            return card.path, card.sha256, "fp32"
+    else:
+        return card.path, card.sha256, "fp32"
+    assert int8 is not None
+    return card.path.parent / str(int8["file"]), str(int8.get("sha256", "")).lower(), "int8"
+
+
 class Network:
     """An onnxruntime session for one model card.
 
@@ -203,18 +231,28 @@ class Network:
         card: the model card; its ONNX file's sha256 is checked here.
         device: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``"cpu"``, ``"cuda"``.
         threads: intra-op threads (default: physical cores).
+        precision: ``"auto"``, ``"fp32"`` or ``"int8"`` (see :func:`choose_file`).
     """
 
-    def __init__(self, card: ModelCard, device: Device = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        card: ModelCard,
+        device: Device = "auto",
+        threads: int | None = None,
+        precision: Precision = "auto",
+    ):
         import onnxruntime as ort
 
-        if not card.path.is_file():
-            raise ModelError("model file not found", card.path)
-        actual = file_sha256(card.path)
-        if card.sha256 and actual != card.sha256:
+        providers = _providers(device)
+        path, sha, self.precision = choose_file(
+            card, precision, "cuda" if providers[0].startswith("CUDA") else "cpu"
+        )
+        if not path.is_file():
+            raise ModelError("model file not found", path)
+        actual = file_sha256(path)
+        if sha and actual != sha:
             raise ModelError(
-                f"sha256 mismatch: card says {card.sha256[:16]}…, file is {actual[:16]}…",
-                card.path,
+                f"sha256 mismatch: card says {sha[:16]}…, file is {actual[:16]}…", path
             )
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -223,13 +261,9 @@ class Network:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(
-                str(card.path), sess_options=opts, providers=_providers(device)
-            )
-        except ModelError:
-            raise
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own, untyped, errors
-            raise ModelError(f"onnxruntime cannot load it ({exc})", card.path) from None
+            raise ModelError(f"onnxruntime cannot load it ({exc})", path) from None
         self.card = card
         self.providers = tuple(self.session.get_providers())
         self.threads = opts.intra_op_num_threads
@@ -259,7 +293,7 @@ class ModelCache:
 
     Args:
         model: as for :func:`card_for` (None: bundled models).
-        device, threads: as for :class:`Network`.
+        device, threads, precision: as for :class:`Network`.
     """
 
     def __init__(
@@ -267,14 +301,16 @@ class ModelCache:
         model: str | os.PathLike[str] | None = None,
         device: Device = "auto",
         threads: int | None = None,
+        precision: Precision = "auto",
     ) -> None:
         self.model = model
         self.device: Device = device
         self.threads = threads
+        self.precision: Precision = precision
         self._networks: dict[str, Network] = {}
 
     def get(self, cfa: str) -> Network:
         if cfa not in self._networks:
             card = card_for(cfa, self.model)
-            self._networks[cfa] = Network(card, self.device, self.threads)
+            self._networks[cfa] = Network(card, self.device, self.threads, self.precision)
         return self._networks[cfa]

@@ -45,7 +45,7 @@ _MIN_BYTES_PER_PHOTOSITE = 0.05
 # Files smaller than this are decoded before the truncation check when their header claims at most
 # _SMALL_DECODE_PHOTOSITES (the decode is then cheap: LibRaw allocates the claimed size up front).
 _SMALL_DECODE_BYTES = 1 << 20
-_SMALL_DECODE_PHOTOSITES = 1 << 23
+_SMALL_DECODE_PHOTOSITES = 1 << 25  # 32 MP: at most 256 MB even for 4-channel data
 # Larger files are not raw photos (500 MP of 16-bit photosites plus previews stay below this);
 # reading them whole would only exhaust memory.
 MAX_FILE_BYTES = 4 * MAX_PHOTOSITES

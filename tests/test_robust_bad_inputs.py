@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 from typer.testing import CliRunner
+from unet_onnx import write_model
 
 from sidraw.cli import app
 from sidraw.dng import DngMetadata, write_dng
@@ -96,7 +97,10 @@ def linear_dng() -> bytes:
     return buf.getvalue()
 
 
-def _byte_cases() -> dict[str, tuple[Callable[[bytes], bytes], type[SidrawError], str]]:
+Reason = str | tuple[str, ...]  # the text expected in the reason, or alternatives
+
+
+def _byte_cases() -> dict[str, tuple[Callable[[bytes], bytes], type[SidrawError], Reason]]:
     """name -> (how to damage a valid DNG, expected error class, text in the reason)."""
     rng = np.random.default_rng(7)
     return {
@@ -143,11 +147,12 @@ def _byte_cases() -> dict[str, tuple[Callable[[bytes], bytes], type[SidrawError]
             CorruptFileError,
             "Unexpected end of file",
         ),
-        # CFAPattern's tag code damaged: LibRaw's "filters" code is one rawpy has no pattern for.
+        # CFAPattern's tag code damaged: LibRaw is left with a "filters" code that rawpy has no
+        # pattern for, or (it varies from run to run) with CMYG colours.
         "flip_cfa_tag_code.dng": (
             lambda d: flip(d, tag(d, 33422).offset, 3),
             UnsupportedFileError,
-            "unsupported sensor layout",
+            ("unsupported sensor layout", "unsupported colour filters"),
         ),
         "white_below_black.dng": (
             lambda d: put_u32(d, tag(d, 50717).valueoffset, 100),
@@ -175,7 +180,7 @@ def _byte_cases() -> dict[str, tuple[Callable[[bytes], bytes], type[SidrawError]
 
 BYTE_CASES = _byte_cases()
 # name -> (expected class, reason text) for inputs that are not damaged bytes.
-SPECIAL_CASES: dict[str, tuple[type[SidrawError], str]] = {
+SPECIAL_CASES: dict[str, tuple[type[SidrawError], Reason]] = {
     "folder.dng": (InputError, "is a directory, not a raw file"),
     "fifo.dng": (InputError, "not a regular file"),
     "loop.dng": (InputError, "cannot read: Too many levels of symbolic links"),
@@ -221,6 +226,19 @@ def build_bad_inputs(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str,
 EXPECTED = {name: (cls, text) for name, (_, cls, text) in BYTE_CASES.items()} | SPECIAL_CASES
 
 
+def has_reason(line: str, text: Reason) -> bool:
+    return any(t in line for t in ((text,) if isinstance(text, str) else text))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-weight U-Nets small enough to build in a blink (default overlap, not measured)."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    for cfa in ("bayer", "xtrans"):
+        write_model(folder, cfa, width=4)
+    return folder
+
+
 @pytest.fixture
 def bad_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     return build_bad_inputs(tmp_path / "bad", monkeypatch)
@@ -233,13 +251,13 @@ def test_every_bad_input_raises_its_own_error(bad_inputs: dict[str, Path]) -> No
         with pytest.raises(cls) as info:
             read_info(path)
         err = info.value
-        assert text in err.reason, (name, err.reason)
+        assert has_reason(err.reason, text), (name, err.reason)
         assert err.path == str(path)
         assert "\n" not in str(err) and str(err).startswith(str(path))
 
 
 def test_cli_batch_reports_each_bad_file_and_goes_on(
-    tmp_path: Path, bad_inputs: dict[str, Path], models_dir: Path
+    tmp_path: Path, bad_inputs: dict[str, Path], tiny_models: Path
 ) -> None:
     good = tmp_path / "good.dng"
     good.write_bytes(small_dng())
@@ -247,20 +265,20 @@ def test_cli_batch_reports_each_bad_file_and_goes_on(
     out = tmp_path / "out"
     args = [str(bad_inputs[n]) for n in names[: len(names) // 2]]
     args += [str(good)] + [str(bad_inputs[n]) for n in names[len(names) // 2 :]]
-    res = CliRunner().invoke(app, ["convert", *args, "-o", str(out), "--model", str(models_dir)])
+    res = CliRunner().invoke(app, ["convert", *args, "-o", str(out), "--model", str(tiny_models)])
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     lines = res.output.splitlines()
     for name, (_, text) in EXPECTED.items():
         hits = [line for line in lines if f"{name}:" in line]
         assert len(hits) == 1, (name, res.output)
-        assert hits[0].startswith("✗") and text in hits[0], hits[0]
+        assert hits[0].startswith("✗") and has_reason(hits[0], text), hits[0]
     assert f"1 converted, 0 skipped, {len(EXPECTED)} failed" in res.output
     assert sorted(p.name for p in out.iterdir()) == ["good.tif"]
     tifffile.imread(out / "good.tif")
 
 
-def test_missing_exif(tmp_path: Path, models_dir: Path) -> None:
+def test_missing_exif(tmp_path: Path, tiny_models: Path) -> None:
     """No exposure data: auto ratio still works; --target-exposure fails for that file only."""
     mosaic = np.random.default_rng(0).integers(520, 900, (H, W), dtype=np.uint16)
     bare = tmp_path / "in" / "bare.dng"
@@ -271,14 +289,13 @@ def test_missing_exif(tmp_path: Path, models_dir: Path) -> None:
     with_exif = tmp_path / "in" / "exif.dng"
     with_exif.write_bytes(small_dng(exposure_time=0.05))
     runner = CliRunner()
-    model = ["--model", str(models_dir)]
+    model = ["--model", str(tiny_models)]
     res = runner.invoke(app, ["convert", str(bare), "-o", str(tmp_path / "auto"), *model])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "auto" / "bare.tif").exists()
     out = tmp_path / "target"
-    res = runner.invoke(
-        app, ["convert", str(bare), str(with_exif), "-o", str(out), "--target-exposure", "5", *model]
-    )
+    args = ["convert", str(bare), str(with_exif), "-o", str(out), "--target-exposure", "5"]
+    res = runner.invoke(app, [*args, *model])
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
     assert "bare.dng: no EXIF exposure time" in res.output
@@ -299,7 +316,8 @@ import resource
 from sidraw.errors import SidrawError
 from sidraw.raw import read_info
 vm = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (vm + (200 << 20), hard))
 for name in {sorted(files)!r}:
     try:
         read_info({str(tmp_path)!r} + "/" + name)
