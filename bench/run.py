@@ -195,6 +195,8 @@ def choose_models(
     """The model per CFA kind: ``--model``, else the bundled ones, else random test U-Nets."""
     chosen: dict[str, ModelChoice] = {}
     missing = []
+    if given and Path(given).exists():
+        given = str(Path(given).resolve())  # the cases run with the checkout as working folder
     for cfa in sorted(cfas):
         try:
             if given:
@@ -235,11 +237,12 @@ def sidraw_cases(
 ) -> list[Case]:
     py = sys.executable
     worker = str(BENCH / "worker.py")
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    tuning = ["--threads", str(args.threads)] if args.threads else []
+    tuning += ["--precision", args.precision] if args.precision else []
     model_opt = ["--model", model.spec] if model.spec else []
     e2e_dir = out / f"{frame.key}-e2e"
     e2e_dir.mkdir(parents=True, exist_ok=True)
-    common = ["--src", str(src), "--cfa", frame.cfa, "--ratio", str(RATIO), *model_opt, *threads]
+    common = ["--src", str(src), "--cfa", frame.cfa, "--ratio", str(RATIO), *model_opt, *tuning]
     return [
         Case(
             "e2e",
@@ -259,7 +262,7 @@ def sidraw_cases(
                 "--device",
                 "cpu",
                 *model_opt,
-                *threads,
+                *tuning,
             ],
             output=e2e_dir / f"{src.stem}.tif",
         ),
@@ -355,31 +358,51 @@ def run_cases(frame: Frame, cases: list[Case], reps: int, timeout: float) -> Non
             )
 
 
-def conv_throughput(threads: int, reps: int, timeout: float) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        str(BENCH / "worker.py"),
-        "conv",
-        "--threads",
-        str(threads),
-        "--reps",
-        str(reps),
-    ]
-    m = measure(cmd, env=child_env(), cwd=str(ROOT), timeout=timeout)
-    if not m.ok:
-        return {"error": m.error()}
-    return m.report()
+class ConvThroughput:
+    """This CPU's 3x3 convolution throughput per precision, measured once each, on demand."""
+
+    def __init__(self, threads: int, reps: int, timeout: float, notes: list[str]) -> None:
+        self.threads, self.reps, self.timeout, self.notes = threads, reps, timeout, notes
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def get(self, precision: str) -> dict[str, Any]:
+        if precision not in self.results:
+            log(f"conv throughput ({precision}, 3x3, 64->64 channels, 512x512) ...")
+            cmd = [
+                sys.executable,
+                str(BENCH / "worker.py"),
+                "conv",
+                "--threads",
+                str(self.threads),
+                "--reps",
+                str(self.reps),
+                "--precision",
+                precision,
+            ]
+            m = measure(cmd, env=child_env(), cwd=str(ROOT), timeout=self.timeout)
+            result = m.report() if m.ok else {"error": m.error()}
+            if "gflops_per_s" in result:
+                log(f"  {result['gflops_per_s']:.1f} GFLOP/s with {result['threads']} threads")
+            else:
+                log(f"  FAILED: {result.get('error')}")
+                self.notes.append(f"conv throughput ({precision}) failed: {result.get('error')}")
+            self.results[precision] = result
+        return self.results[precision]
 
 
 def frame_result(
     frame: Frame,
     model: ModelChoice,
     cases: list[Case],
-    conv: dict[str, Any],
+    convs: ConvThroughput,
     tile: int,
 ) -> dict[str, Any]:
     by_key = {c.key: c for c in cases}
     tiles, h, w = packed_tiles(frame, tile)
+    network = by_key.get("network")
+    precision = "fp32"
+    if network is not None and network.runs:
+        precision = str(network.runs[0].report().get("precision", "fp32"))
     result: dict[str, Any] = {
         "frame": {
             "label": frame.label,
@@ -396,6 +419,7 @@ def frame_result(
             "name": model.card.name,
             "onnx": str(model.card.path),
             "overlap": model.card.overlap,
+            "precision": precision,
         },
         "cases": {c.key: c.to_dict() for c in cases},
     }
@@ -405,7 +429,15 @@ def frame_result(
         result["stages"] = {
             k: summary([float(r["timings"].get(k, 0.0)) for r in reports]) for k in STAGES
         }
-        result["sidraw_tiles"] = reports[0].get("tiles")
+        rss = [r.get("rss_mb", {}) for r in reports]
+        result["stage_rss_mb"] = {
+            k: max((x[k] for x in rss if x.get(k) is not None), default=None)
+            for k in ("through_inference", "after_inference")
+        }
+        result["tiling"] = tiling_overhead(h, w, tile, model.card, reports[0].get("tiles"))
+    e2e, inproc = by_key["e2e"].min(), by_key["stages"].min() if stages else None
+    if e2e is not None and inproc is not None:
+        result["startup_s"] = e2e - inproc  # interpreter start, imports, model load, CLI
     try:
         counted = conv_flops(model.card.path, len(model.card.channels), tile)
         result["flops"] = {
@@ -415,11 +447,43 @@ def frame_result(
             "conv_nodes": counted["conv"],
             "conv_transpose_nodes": counted["conv_transpose"],
         }
+        conv = convs.get(precision)
         if conv.get("gflops_per_s"):
             result["floor_s"] = counted["flops"] * tiles / (conv["gflops_per_s"] * 1e9)
+            result["floor_precision"] = precision
     except (ImportError, ValueError, OSError) as exc:
         result["flops"] = {"error": str(exc)}
     return result
+
+
+def tiling_overhead(
+    h: int, w: int, tile: int, card: ModelCard, tiles_run: int | None
+) -> dict[str, Any]:
+    """Pixels that sidraw's overlapping tiles feed the network, against the non-overlapping grid.
+
+    Mirrors :func:`sidraw.tiling.run_tiled`'s plan (reflect margin of half the overlap);
+    ``matches`` says whether the tile count agrees with what convert_file reported.
+    """
+    try:
+        from sidraw.tiling import plan_axis
+
+        margin = -(-(card.overlap // 2) // card.downsample) * card.downsample
+        py = plan_axis(h, tile, card.overlap, card.downsample, margin)
+        px = plan_axis(w, tile, card.overlap, card.downsample, margin)
+    except (ImportError, ValueError, TypeError) as exc:
+        return {"error": str(exc)}
+    n = len(py.origins) * len(px.origins)
+    pixels = n * py.size * px.size
+    grid = math.ceil(h / tile) * math.ceil(w / tile) * tile * tile
+    return {
+        "tiles": n,
+        "tile_shape": [py.size, px.size],
+        "overlap": card.overlap,
+        "margin": margin,
+        "pixels_over_grid": pixels / grid,
+        "pixels_over_frame": pixels / (h * w),
+        "matches": tiles_run is None or tiles_run == n,
+    }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -439,13 +503,13 @@ def _row(
 ) -> None:
     ratio = lo / fastest if lo is not None and fastest else None
     log(
-        f"{label:34} {frame:13} {_fmt(lo, '9.3f')} {_fmt(med, '9.3f')} "
+        f"{label:38} {frame:13} {_fmt(lo, '9.3f')} {_fmt(med, '9.3f')} "
         f"{_fmt(rss, '8.0f')} {_fmt(ratio, '7.2f')}"
     )
 
 
 def print_table(frames: list[Frame], results: dict[str, dict[str, Any]]) -> None:
-    header = f"{'case':34} {'frame':13} {'min s':>9} {'median s':>9} {'peak MB':>8} {'x peer':>7}"
+    header = f"{'case':38} {'frame':13} {'min s':>9} {'median s':>9} {'peak MB':>8} {'x peer':>7}"
     log(header)
     log("-" * len(header))
     for frame in frames:
@@ -459,21 +523,68 @@ def print_table(frames: list[Frame], results: dict[str, dict[str, Any]]) -> None
             label = c["label"]
             if key == "network" and c["reports"]:
                 n = c["reports"][0]["tiles"]
-                label = f"network alone, {n} tile{'s' * (n != 1)} of {r['frame']['tile']}px"
+                label = f"network alone, {n} tile{'s' * (n != 1)} of {r['frame']['tile']}px" + (
+                    f" {r['model']['precision']}" if r["model"]["precision"] != "fp32" else ""
+                )
             if c["error"] and not c["values_s"]:
-                log(f"{label:34} {frame.key:13} failed: {c['error'][:60]}")
+                log(f"{label:38} {frame.key:13} failed: {c['error'][:60]}")
                 continue
             _row(label, frame.key, c["min_s"], c["median_s"], c["peak_rss_mb"], fastest)
             if key == "stages" and "stages" in r:
                 for stage in STAGES:
                     s = r["stages"][stage]
                     _row("  " + stage, frame.key, s["min"], s["median"], None, None)
+                rss = r.get("stage_rss_mb", {})
+                _row(
+                    "  RSS to end of inference",
+                    frame.key,
+                    None,
+                    None,
+                    rss.get("through_inference"),
+                    None,
+                )
+                _row(
+                    "  RSS after inference", frame.key, None, None, rss.get("after_inference"), None
+                )
             if key == "network" and "floor_s" in r:
                 gf = r["flops"]["gflop_per_frame"]
                 _row(
-                    f"network floor ({gf:.0f} GFLOP)", frame.key, r["floor_s"], None, None, fastest
+                    f"network floor ({gf:.0f} GFLOP {r['floor_precision']})",
+                    frame.key,
+                    r["floor_s"],
+                    None,
+                    None,
+                    None,
                 )
         log("")
+
+
+def print_details(frames: list[Frame], results: dict[str, dict[str, Any]]) -> None:
+    """Where the end-to-end time goes beyond the network: tiling overlap and process start-up."""
+    for frame in frames:
+        r = results.get(frame.key)
+        if r is None:
+            continue
+        t = r.get("tiling", {})
+        parts = []
+        if "tiles" in t:
+            a, b = t["tile_shape"]
+            parts.append(
+                f"sidraw feeds the network {t['tiles']} tile(s) of {a}x{b} "
+                f"(overlap {t['overlap']}, margin {t['margin']}) = "
+                f"{t['pixels_over_grid']:.2f}x the pixels of the {r['frame']['grid_tiles']}-tile "
+                f"grid, {t['pixels_over_frame']:.2f}x the frame's"
+                + ("" if t["matches"] else " (tile count differs from convert_file's!)")
+            )
+        if "startup_s" in r:
+            parts.append(f"process start-up + imports + model load ~ {r['startup_s']:.2f} s")
+        net = r["cases"].get("network", {})
+        if net.get("reports"):
+            parts.append(
+                f"network {net['reports'][0]['per_tile_s']:.3f} s per {r['frame']['tile']}px tile"
+            )
+        if parts:
+            log(f"{frame.key}: " + "; ".join(parts))
 
 
 def evaluate_targets(
@@ -540,7 +651,7 @@ def evaluate_targets(
 def print_targets(checks: list[dict[str, Any]]) -> None:
     for c in checks:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[c["pass"]]
-        log(f"  {verdict}  {c['target']:34} {c['frame']:13} {c['detail']}")
+        log(f"  {verdict}  {c['target']:42} {c['frame']:13} {c['detail']}")
 
 
 def _version(cmd: list[str]) -> str | None:
@@ -625,6 +736,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="onnxruntime threads for sidraw (default: sidraw's, physical cores)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        help="sidraw --precision for every sidraw case (default: sidraw's own, auto)",
+    )
     parser.add_argument("--tile", type=int, default=512, help="tile size in packed pixels")
     parser.add_argument(
         "--frames",
@@ -676,17 +792,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         log(f"WARNING: {msg}")
         notes.append(msg)
+    args.cache = args.cache.resolve()
     args.cache.mkdir(parents=True, exist_ok=True)
     models = choose_models(args.model, {f.cfa for f in frames}, args.cache, notes)
     out = Path(tempfile.mkdtemp(prefix="outputs-", dir=args.cache))
 
-    log("conv throughput (3x3, 64->64 channels, 512x512) ...")
-    conv = conv_throughput(threads, 2 if args.quick else 5, args.timeout)
-    if "gflops_per_s" in conv:
-        log(f"  {conv['gflops_per_s']:.1f} GFLOP/s with {conv['threads']} threads")
-    else:
-        log(f"  FAILED: {conv.get('error')}")
-        notes.append(f"conv throughput failed: {conv.get('error')}")
+    convs = ConvThroughput(threads, 2 if args.quick else 5, args.timeout, notes)
+    convs.get("fp32")
 
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -702,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             cases = sidraw_cases(frame, src, model, out, args)
             cases += peer_cases(frame, src, out, args.cache, notes, not args.no_peers)
             run_cases(frame, cases, args.reps, args.timeout)
-            results[frame.key] = frame_result(frame, model, cases, conv, args.tile)
+            results[frame.key] = frame_result(frame, model, cases, convs, args.tile)
             results[frame.key]["sample"] = str(src)
     finally:
         if not args.keep:
@@ -710,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("")
     print_table(frames, results)
+    print_details(frames, results)
     checks = evaluate_targets(frames, results, args.quick)
     log("targets (min times; e2e = `sidraw convert` process wall time):")
     print_targets(checks)
@@ -729,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             cfa: {"source": c.source, "name": c.card.name, "onnx": str(c.card.path)}
             for cfa, c in models.items()
         },
-        "conv": conv,
+        "conv": convs.results,
         "frames": results,
         "targets": checks,
         "notes": notes,
@@ -739,7 +852,15 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log(f"\nwrote {path}")
-    return 0
+    broken = [
+        f"{key}/{case}"
+        for key, r in results.items()
+        for case, c in r["cases"].items()
+        if c["kind"] != "peer" and c["error"]
+    ]
+    if broken:
+        log(f"sidraw cases that failed: {', '.join(broken)}")
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":

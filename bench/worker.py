@@ -4,6 +4,7 @@ prints one JSON line with what it measured.
     python bench/worker.py stages  --src F.dng --dst F.tif --cfa bayer [--model M] [--threads N]
     python bench/worker.py network --src F.dng --cfa bayer [--model M] [--threads N] [--tile 512]
     python bench/worker.py conv    [--threads N] [--size 512] [--channels 64] [--reps 5]
+                                   [--precision fp32|int8]
     python bench/worker.py rawpy   --src F.dng --dst F.tif
 
 run.py puts the checkout first on PYTHONPATH, so these measure the working tree's sidraw.
@@ -14,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,19 +41,61 @@ def _session_options(threads: int) -> Any:
     return opts
 
 
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``) in MB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    return float("nan")
+
+
+class RssSampler(threading.Thread):
+    """Samples this process's RSS every ``interval`` seconds: where in the pipeline the peak is."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append((time.perf_counter(), _status_mb("VmRSS")))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def peak(self, start: float = -math.inf, end: float = math.inf) -> float | None:
+        values = [rss for t, rss in self.samples if start <= t <= end]
+        return max(values) if values else None
+
+
 def cmd_stages(args: argparse.Namespace) -> None:
-    """``sidraw.convert_file`` in process: total seconds and the per-stage timings."""
+    """``sidraw.convert_file`` in process: total seconds, the per-stage timings, and the peak RSS
+    up to the end of inference and after it (unpack, render, write)."""
     import sidraw
     from sidraw.model import ModelCache
 
     tiles = [0]
+    last_tile = [math.inf]
 
     def progress(done: int, total: int) -> None:
         tiles[0] = total
+        if done == total:
+            last_tile[0] = time.perf_counter()
 
-    cache = ModelCache(args.model or None, "cpu", args.threads)
+    cache = ModelCache(args.model or None, "cpu", args.threads, args.precision)
     options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile, overwrite=True)
+    sampler = RssSampler()
+    sampler.start()
     result = sidraw.convert_file(args.src, args.dst, options, models=cache, progress=progress)
+    sampler.stop()
     network = cache.get(args.cfa)  # the network convert_file loaded
     _emit(
         {
@@ -58,7 +104,13 @@ def cmd_stages(args: argparse.Namespace) -> None:
             "tiles": tiles[0],
             "overlap": network.card.overlap,
             "threads": network.threads,
+            "precision": network.precision,
             "providers": list(network.providers),
+            "rss_mb": {
+                "through_inference": sampler.peak(end=last_tile[0]),
+                "after_inference": sampler.peak(start=last_tile[0]),
+                "hwm": _status_mb("VmHWM"),
+            },
         }
     )
 
@@ -77,12 +129,13 @@ def cmd_network(args: argparse.Namespace) -> None:
     from sidraw.raw import open_raw
 
     card = card_for(args.cfa, args.model or None)
-    network = Network(card, "cpu", args.threads)
+    network = Network(card, "cpu", args.threads, args.precision)
     with open_raw(args.src) as raw:
         info = raw.info
-        mosaic = pack(raw.mosaic, info.layout)
-        packed = normalise_packed(mosaic, info.layout, info.black, info.white)
+        photosites = pack(raw.mosaic, info.layout)
+        packed = normalise_packed(photosites, info.layout, info.black, info.white)
     x = amplify(packed, args.ratio, out=packed)
+    np.clip(x, *card.input_clip, out=x)  # as sidraw's denoise() does
     h, w, c = x.shape
     t = args.tile
     ny, nx = math.ceil(h / t), math.ceil(w / t)
@@ -111,13 +164,50 @@ def cmd_network(args: argparse.Namespace) -> None:
             "first_tile_s": first,
             "area_fraction": h * w / (n * t * t),
             "threads": network.threads,
+            "precision": network.precision,
             "providers": list(network.providers),
         }
     )
 
 
+def _quantized(model_bytes: bytes, x: np.ndarray) -> bytes:
+    """An INT8 QDQ copy of a model, made with the settings of :func:`sidraw.quantize.quantize`
+    (per-channel int8 weights, uint8 activations, MinMax calibration)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([x, -x])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"x": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "conv.onnx", Path(tmp) / "conv.int8.onnx"
+        src.write_bytes(model_bytes)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        return dst.read_bytes()
+
+
 def cmd_conv(args: argparse.Namespace) -> None:
-    """This CPU's convolution throughput: one 3x3 conv, same onnxruntime settings as sidraw."""
+    """This CPU's convolution throughput: one 3x3 conv, same onnxruntime settings as sidraw
+    (fp32, or INT8 quantised like sidraw's int8 model variants)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -137,12 +227,13 @@ def cmd_conv(args: argparse.Namespace) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    session = ort.InferenceSession(
-        model.SerializeToString(),
-        sess_options=_session_options(threads),
-        providers=["CPUExecutionProvider"],
-    )
     x = rng.uniform(-1, 1, (1, c, s, s)).astype(np.float32)
+    data = model.SerializeToString()
+    if args.precision == "int8":
+        data = _quantized(data, x)
+    session = ort.InferenceSession(
+        data, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+    )
     session.run(["y"], {"x": x})
     times = []
     for _ in range(args.reps):
@@ -152,6 +243,7 @@ def cmd_conv(args: argparse.Namespace) -> None:
     flops = 2 * c * c * 9 * s * s
     _emit(
         {
+            "precision": args.precision,
             "flops": flops,
             "seconds_min": min(times),
             "seconds": times,
@@ -200,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=100.0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--threads", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     p.set_defaults(fn=cmd_stages)
     p = sub.add_parser("network")
     p.add_argument("--src", required=True)
@@ -208,12 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=100.0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--threads", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
     p.set_defaults(fn=cmd_network)
     p = sub.add_parser("conv")
     p.add_argument("--threads", type=int)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     p.set_defaults(fn=cmd_conv)
     p = sub.add_parser("rawpy")
     p.add_argument("--src", required=True)

@@ -9,23 +9,25 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import rawpy
 
 from . import __version__, metadata
 from .color import encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
-from .errors import MetadataError, OutputError
+from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, amplify, choose_ratio
 from .model import Device, ModelCache, Network
 from .mosaic import denormalise_packed, normalise_packed, pack, unpack
 from .output import ImageFormat, check_target, encode_image, write_atomic
 from .preview import naive_mosaic, preview_path, side_by_side
-from .raw import RawFile, open_raw
+from .raw import RawFile, _libraw_reason, open_raw
 from .render import render
 from .tiling import DEFAULT_TILE, run_tiled
 
@@ -200,6 +202,16 @@ def _encode_dng(raw: RawFile, mosaic: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+@contextmanager
+def _render_errors(name: str) -> Iterator[None]:
+    """LibRaw errors after the decode (in rendering a damaged file) as the file's error."""
+    try:
+        yield
+    except rawpy.LibRawError as exc:
+        reason = f"damaged raw data, LibRaw cannot render it ({_libraw_reason(exc)})"
+        raise CorruptFileError(reason, name) from None
+
+
 def convert_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | BinaryIO,
@@ -236,7 +248,7 @@ def convert_file(
     preview_pair: tuple[np.ndarray, np.ndarray] | None = None
     if isinstance(dst, (str, os.PathLike)):
         check_target(dst, overwrite=opts.overwrite)  # before the decode and inference are spent
-    with open_raw(src_name, data) as raw:
+    with open_raw(src_name, data) as raw, _render_errors(src_name):
         timings["decode"] = time.perf_counter() - t0
         network = cache.get(raw.info.layout.kind)
         mosaic, decision = denoise(raw, network, opts, progress=progress, timings=timings)

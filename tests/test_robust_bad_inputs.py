@@ -7,6 +7,7 @@ surgery at tag offsets that tifffile reports, so each case hits one specific def
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 import subprocess
@@ -29,7 +30,9 @@ from sidraw.errors import (
     SidrawError,
     UnsupportedFileError,
 )
-from sidraw.raw import MAX_FILE_BYTES, read_info
+from sidraw.model import ModelCache
+from sidraw.pipeline import ConvertOptions, convert_file
+from sidraw.raw import MAX_FILE_BYTES, read_exif, read_info
 from sidraw.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,3 +336,26 @@ for name in {sorted(files)!r}:
         assert any(line.startswith(name) and text in line for line in proc.stdout.splitlines()), (
             proc.stdout
         )
+
+
+def test_damage_that_only_rendering_finds(tmp_path: Path, tiny_models: Path) -> None:
+    """X-Trans DNG whose ExposureTime entry claims 2 values: it decodes, LibRaw's render fails."""
+    data = small_dng(pattern="xtrans")
+    src = tmp_path / "exposure_count.dng"
+    src.write_bytes(put_u32(data, tag(data, 33434).offset + 4, 2))
+    read_info(src)
+    dst = tmp_path / "out.tif"
+    with pytest.raises(CorruptFileError, match="LibRaw cannot render it"):
+        convert_file(src, dst, ConvertOptions(ratio=20), models=ModelCache(tiny_models, "cpu", 1))
+    assert not dst.exists()
+
+
+def test_damaged_exif_field_is_ignored_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A Make entry pointing into the pixel data: exifread's warning must not reach stderr."""
+    data = small_dng()
+    entry = tag(data, 271).offset
+    data = put_u32(put_u32(data, entry + 4, 64), entry + 8, tag(data, 273).value[0] + 1)
+    with caplog.at_level(logging.DEBUG):
+        info = read_exif(data)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("exifread")] == []
+    assert info.exposure_time == pytest.approx(1 / 30) and info.iso == 12800

@@ -375,14 +375,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/eval")
     ap.add_argument("--data", default=None)
     ap.add_argument(
-        "--images", type=int, default=None, help="validation photos (12 Bayer, 6 X-Trans)"
+        "--images", type=int, default=None, help="validation photos (12 Bayer, 4 X-Trans)"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--update-card", action="store_true", help="write the table into the model's cards"
     )
     a = ap.parse_args(argv)
-    images = a.images or (12 if a.cfa == "bayer" else 6)
+    images = a.images or (12 if a.cfa == "bayer" else 4)
     s = evaluate(a.cfa, a.model, Path(a.out), a.data, images, a.threads)
     if a.update_card and a.model:
         from .cards import update_validation

@@ -1,0 +1,129 @@
+"""Peak memory of converting one synthetic dark raw, at several sizes (default 12 and 48 MP).
+
+Each size runs in two fresh subprocesses: one writes the synthetic DNG (the scene generator needs
+a lot of memory itself, kept out of the measurement), the other converts it with
+``sidraw.convert_file`` and reports its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``), the RSS
+before the conversion (interpreter, libraries, model loaded) and the wall time.
+
+Model: the bundled models when ``weights/`` has some, else a random-weight U-Net built with
+``tests/unet_onnx.py`` (width 24 by default) whose memory use matches a real model's of that width.
+
+    python bench/memory_scaling.py                  # 12 and 48 MP
+    python bench/memory_scaling.py --mp 0.5 --mp 2  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+_WRITE = """
+import sys
+from sidraw.sample import write_sample
+write_sample(sys.argv[1], width=int(sys.argv[2]), height=int(sys.argv[3]), seed=1)
+"""
+
+_CONVERT = """
+import json, os, resource, sys, time
+import sidraw
+from sidraw.model import ModelCache
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+src, dst, model, threads = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
+cache = ModelCache(model, "cpu", threads or None)
+cache.get("bayer")
+before = rss_mb()
+t = time.perf_counter()
+result = sidraw.convert_file(src, dst, sidraw.ConvertOptions(ratio=100), models=cache)
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+print(json.dumps({"before_mb": before, "peak_mb": peak, "seconds": seconds,
+                  "timings": result.timings}))
+"""
+
+
+def size_for(mp: float) -> tuple[int, int]:
+    """A 3:2 frame of about ``mp`` megapixels, both sides multiples of 16."""
+    width = math.sqrt(mp * 1e6 * 1.5)
+    w = max(64, round(width / 16) * 16)
+    h = max(64, round(width / 1.5 / 16) * 16)
+    return w, h
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _model(folder: Path, width: int) -> str:
+    """'' for the bundled models, else the folder of a random-weight test model."""
+    if any((REPO / "weights").glob("*.json")):
+        return ""
+    sys.path.insert(0, str(REPO / "tests"))
+    from unet_onnx import write_model
+
+    write_model(folder, "bayer", width=width)
+    return str(folder)
+
+
+def measure(mp: float, folder: Path, model: str, threads: int) -> dict[str, float]:
+    w, h = size_for(mp)
+    src, dst = folder / f"scene_{mp:g}mp.dng", folder / f"scene_{mp:g}mp.tif"
+    subprocess.run([sys.executable, "-c", _WRITE, str(src), str(w), str(h)], check=True, env=_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONVERT, str(src), str(dst), model, str(threads)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"conversion of {w}x{h} failed:\n{proc.stderr}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    src.unlink()
+    dst.unlink()
+    return {"mp": w * h / 1e6, "width": w, "height": h, **report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mp", type=float, action="append", help="megapixels (repeatable)")
+    parser.add_argument("--width", type=int, default=24, help="test model width (no weights/)")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: default)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    args = parser.parse_args()
+    sizes = args.mp or [12.0, 48.0]
+    with tempfile.TemporaryDirectory(prefix="sidraw-mem-") as tmp:
+        folder = Path(tmp)
+        model = _model(folder / "model", args.width)
+        if not args.json:
+            print(f"model: {model or 'bundled'}")
+            print(
+                f"{'MP':>6} {'size':>11} {'before MB':>10} {'peak MB':>9} "
+                f"{'added MB':>9} {'B/photosite':>12} {'seconds':>8}"
+            )
+        for mp in sizes:
+            r = measure(mp, folder, model, args.threads)
+            added = r["peak_mb"] - r["before_mb"]
+            if args.json:
+                print(json.dumps(r))
+                continue
+            print(
+                f"{r['mp']:6.1f} {r['width']:>5}x{r['height']:<5} {r['before_mb']:10.0f} "
+                f"{r['peak_mb']:9.0f} {added:9.0f} {added * 1e6 / (r['mp'] * 1e6):12.1f} "
+                f"{r['seconds']:8.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
