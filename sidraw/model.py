@@ -280,12 +280,29 @@ class Network:
                 path,
             )
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on a (N, C, h, w) float32 batch; returns (N, C, h, w) float32."""
+    def __call__(self, batch: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
+        """Run the network on a (N, C, h, w) float32 batch; returns (N, C, h, w) float32.
+
+        ``release_memory`` hands onnxruntime's memory pool back after this run (for the last tile
+        of an image, so rendering and writing do not stack on top of the network's memory).
+        """
+        options = None
+        if release_memory:
+            import onnxruntime as ort
+
+            options = ort.RunOptions()
+            device = "gpu:0" if self.device == "cuda" else "cpu:0"
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
         (out,) = self.session.run(
-            [self.card.output_name], {self.card.input_name: batch.astype(np.float32, copy=False)}
+            [self.card.output_name],
+            {self.card.input_name: batch.astype(np.float32, copy=False)},
+            options,
         )
         return np.asarray(out, dtype=np.float32)
+
+    def release_after(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`__call__` with ``release_memory=True``."""
+        return self(batch, release_memory=True)
 
 
 class ModelCache:

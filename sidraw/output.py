@@ -42,8 +42,13 @@ def encode_tiff(rgb: np.ndarray, *, icc: bytes | None = None, software: str | No
         buf,
         rgb,
         photometric="rgb",
+        # Level 1 writes about twice as fast as the default for files ~2 % larger; strips of
+        # 64 rows let tifffile compress them on all cores.
         compression="zlib",
+        compressionargs={"level": 1},
         predictor=True,
+        rowsperstrip=64,
+        maxworkers=os.cpu_count() or 1,
         metadata=None,
         software=software,
         extratags=extratags,

@@ -136,6 +136,7 @@ def denoise(
         overlap=options.overlap if options.overlap is not None else network.card.overlap,
         multiple=network.card.downsample,
         progress=progress,
+        last_fn=network.release_after,
     )
     t["inference"] = time.perf_counter() - start
 

@@ -12,12 +12,17 @@ import rawpy
 from .color import Encoding, encoding_for
 
 
-def render_params(encoding: Encoding, *, half_size: bool = False) -> rawpy.Params:
+def render_params(
+    encoding: Encoding, *, half_size: bool = False, xtrans: bool = False
+) -> rawpy.Params:
     """LibRaw settings for sidraw's rendering: camera white balance, no auto brightening, 16 bit.
 
     Highlights are clipped after white balance so that saturated photosites come out neutral.
+    X-Trans uses LibRaw's 1-pass Markesteijn demosaic (selected by its PPG setting): about twice
+    as fast as 3 passes, and the denoised mosaic leaves little for the extra passes to fix.
     """
     return rawpy.Params(
+        demosaic_algorithm=rawpy.DemosaicAlgorithm.PPG if xtrans else None,
         use_camera_wb=True,
         use_auto_wb=False,
         no_auto_bright=True,
@@ -62,5 +67,7 @@ def render(
         if mosaic.shape != visible.shape:
             raise ValueError(f"mosaic shape {mosaic.shape} differs from the raw's {visible.shape}")
         visible[...] = mosaic
-    params = render_params(encoding or encoding_for("srgb"), half_size=half_size)
+    pattern = raw.raw_pattern
+    xtrans = pattern is not None and pattern.shape[0] == 6
+    params = render_params(encoding or encoding_for("srgb"), half_size=half_size, xtrans=xtrans)
     return raw.postprocess(params)

@@ -53,11 +53,14 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int, margin: int) 
     if body <= tile:
         size = _round_up(body, multiple)
         return AxisPlan(length, margin, size, size, 0, (0,))
-    stride = tile - overlap
-    count = -(-(body - tile) // stride) + 1
-    padded = tile + (count - 1) * stride
+    count = -(-(body - tile) // (tile - overlap)) + 1
+    # As many tiles as full-size ones would need, shrunk to just cover the axis: the padding
+    # beyond the image is then less than one alignment step per tile instead of up to a tile.
+    size = min(tile, _round_up(-(-(body - overlap) // count) + overlap, multiple))
+    stride = size - overlap
+    padded = size + (count - 1) * stride
     origins = tuple(i * stride for i in range(count))
-    return AxisPlan(length, margin, padded, tile, overlap, origins)
+    return AxisPlan(length, margin, padded, size, overlap, origins)
 
 
 def _ramp(n: int) -> np.ndarray:
@@ -119,6 +122,7 @@ def run_tiled(
     out_channels: int | None = None,
     margin: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    last_fn: TileFn | None = None,
 ) -> np.ndarray:
     """Apply ``fn`` to an image tile by tile and blend the results.
 
@@ -132,6 +136,7 @@ def run_tiled(
         margin: reflect padding around the image (default: ``overlap // 2`` rounded up to
             ``multiple``).
         progress: called with ``(done, total)`` after each tile.
+        last_fn: used instead of ``fn`` for the last tile (e.g. to release memory pools after it).
 
     Returns:
         (h, w, C') float32 network output.
@@ -150,7 +155,7 @@ def run_tiled(
     for n, (ky, kx, y0, x0) in enumerate(iter_tiles(py, px), start=1):
         patch = padded[y0 : y0 + py.size, x0 : x0 + px.size]
         batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
-        result = fn(batch)
+        result = (last_fn if (last_fn is not None and n == total) else fn)(batch)
         if result.shape != (1, c_out, py.size, px.size):
             raise ValueError(f"network returned shape {result.shape} for a tile of {batch.shape}")
         weight = wy[ky][:, None] * wx[kx][None, :]
@@ -214,9 +219,22 @@ def measure_overlap(
     network's effective receptive field, which training usually makes much smaller than the
     architectural one.
     """
-    overlap = _round_up(minimum, multiple)
-    while overlap < tile // 2:
-        if tiling_error(fn, channels, tile=tile, overlap=overlap, multiple=multiple) <= tolerance:
-            return overlap
-        overlap += multiple
-    return overlap
+    candidates = list(range(_round_up(minimum, multiple), tile // 2 + 1, multiple))
+    if not candidates:
+        return tile // 2
+
+    def good(overlap: int) -> bool:
+        error = tiling_error(fn, channels, tile=tile, overlap=overlap, multiple=multiple)
+        return error <= tolerance
+
+    # The error falls as the overlap grows: bisect for the first candidate within tolerance.
+    lo, hi = 0, len(candidates) - 1
+    if not good(candidates[hi]):
+        return candidates[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if good(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo]
