@@ -359,3 +359,16 @@ def test_damaged_exif_field_is_ignored_quietly(caplog: pytest.LogCaptureFixture)
         info = read_exif(data)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("exifread")] == []
     assert info.exposure_time == pytest.approx(1 / 30) and info.iso == 12800
+
+
+def test_libraw_complaints_without_an_error_are_an_error() -> None:
+    """LibRaw decodes some truncated compressed raws "successfully" and only prints its complaint
+    on the C stderr (uncompressed DNGs cannot show it: LibRaw raises for them), so simulate it."""
+    from sidraw.raw import _unpack
+
+    class SilentlyDamaged:
+        def unpack(self) -> None:
+            os.write(2, b"unknown file: data corrupted at 123456\n")
+
+    with pytest.raises(CorruptFileError, match=r"data corrupted at 123456"):
+        _unpack(SilentlyDamaged(), "cut.ARW")
