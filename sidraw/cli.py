@@ -1,7 +1,7 @@
 """Command line: parses options, calls the library, reports. No image logic lives here.
 
 Exit codes: 0 when every file succeeded (or was skipped because its output exists), 1 when some
-file failed, 2 on usage errors.
+file failed, 2 on usage errors, 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class Format(str, Enum):
@@ -326,8 +326,23 @@ def convert(
         elif outcome.error is not None:
             report_error(outcome.error)
 
-    with progress:
-        outcomes = run_jobs(plan.jobs, run_one, overwrite=overwrite or to_stdout, on_outcome=report)
+    finished: list[Outcome] = []
+
+    def record(outcome: Outcome) -> None:
+        finished.append(outcome)
+        report(outcome)
+
+    try:
+        with progress:
+            outcomes = run_jobs(
+                plan.jobs, run_one, overwrite=overwrite or to_stdout, on_outcome=record
+            )
+    except KeyboardInterrupt:
+        done = sum(o.status == "ok" for o in finished)
+        console.print(
+            f"interrupted: {done} converted; run the same command again to resume", style="yellow"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     failed = len(errors) + sum(o.status == "failed" for o in outcomes)
     done = sum(o.status == "ok" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
