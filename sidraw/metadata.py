@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,16 +111,46 @@ def apply(
     icc: bytes | None = None,
     orientation: int | None = 1,
 ) -> bytes:
-    """Write metadata into an encoded TIFF, PNG or DNG and return the new bytes.
+    """Write metadata into an encoded TIFF, PNG or DNG held in memory; returns the new bytes.
+
+    Arguments as for :func:`apply_to_file`.
+    """
+    image = exiv2.ImageFactory.open(encoded)
+    _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
+    io = image.io()
+    with io.mmap() as view:
+        return bytes(view)
+
+
+def apply_to_file(
+    path: str | os.PathLike[str],
+    *,
+    tags: dict[str, Any],
+    record: SidrawRecord | None = None,
+    icc: bytes | None = None,
+    orientation: int | None = 1,
+) -> None:
+    """Write metadata into a TIFF, PNG or DNG file in place.
 
     Args:
-        encoded: the image file's bytes.
+        path: the image file.
         tags: from :func:`select_tags`.
         record: sidraw's XMP record.
         icc: ICC profile to embed (None: none).
         orientation: value of the Orientation tag (None: leave as the tags say).
     """
-    image = exiv2.ImageFactory.open(encoded)
+    image = exiv2.ImageFactory.open(os.fspath(path))
+    _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
+
+
+def _update(
+    image: exiv2.Image,
+    *,
+    tags: dict[str, Any],
+    record: SidrawRecord | None,
+    icc: bytes | None,
+    orientation: int | None,
+) -> None:
     image.readMetadata()
     exif = image.exifData()
     for key, value in tags.items():
@@ -144,6 +175,3 @@ def apply(
     if icc:
         image.setIccProfile(exiv2.DataBuf(icc))
     image.writeMetadata()
-    io = image.io()
-    with io.mmap() as view:
-        return bytes(view)

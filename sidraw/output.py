@@ -30,65 +30,53 @@ TMP_PREFIX = ".sidraw-"
 TMP_SUFFIX = ".tmp"
 
 
-def encode_tiff(rgb: np.ndarray, *, icc: bytes | None = None, software: str | None = None) -> bytes:
-    """Encode an (H, W, 3) uint16 image as a deflate-compressed TIFF."""
+def write_tiff(target: BinaryIO, rgb: np.ndarray, *, software: str | None = None) -> None:
+    """Write an (H, W, 3) uint16 image as a deflate-compressed TIFF to a seekable file."""
     import tifffile
 
-    buf = io.BytesIO()
-    extratags = []
-    if icc:
-        extratags.append((34675, "B", len(icc), icc, True))  # InterColorProfile
     tifffile.imwrite(
-        buf,
+        target,
         rgb,
         photometric="rgb",
+        compression="zlib",
         # Level 1 writes about twice as fast as the default for files ~2 % larger; strips of
         # 64 rows let tifffile compress them on all cores.
-        compression="zlib",
         compressionargs={"level": 1},
         predictor=True,
         rowsperstrip=64,
         maxworkers=os.cpu_count() or 1,
         metadata=None,
         software=software,
-        extratags=extratags,
     )
-    return buf.getvalue()
 
 
-def encode_png(rgb: np.ndarray, *, icc: bytes | None = None) -> bytes:
-    """Encode an (H, W, 3) uint16 image as a 16-bit PNG."""
+def write_png(target: BinaryIO, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint16 image as a 16-bit PNG."""
     import imagecodecs
 
-    data = bytes(imagecodecs.png_encode(rgb, level=6))
-    if icc:
-        data = _png_with_iccp(data, icc)
-    return data
+    target.write(imagecodecs.png_encode(rgb, level=6))
 
 
-def _png_with_iccp(png: bytes, icc: bytes) -> bytes:
-    import struct
-    import zlib
+def write_image(target: BinaryIO, rgb: np.ndarray, fmt: ImageFormat) -> None:
+    """Write an (H, W, 3) uint16 RGB image in ``fmt`` (``"tiff"`` or ``"png"``) to a file.
 
-    chunk_data = b"ICC Profile\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(chunk_data)) + b"iCCP" + chunk_data
-    chunk += struct.pack(">I", zlib.crc32(b"iCCP" + chunk_data) & 0xFFFFFFFF)
-    # The iCCP chunk must precede IDAT; IHDR is always the first chunk (8 + 25 bytes).
-    head = 8 + 25
-    return png[:head] + chunk + png[head:]
-
-
-def encode_image(
-    rgb: np.ndarray, fmt: ImageFormat, *, icc: bytes | None = None, software: str | None = None
-) -> bytes:
-    """Encode an (H, W, 3) uint16 RGB image in ``fmt`` (``"tiff"`` or ``"png"``)."""
+    Metadata and the ICC profile are added afterwards (:mod:`sidraw.metadata`).
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint16:
         raise ValueError(f"expected (H, W, 3) uint16, got {rgb.shape} {rgb.dtype}")
     if fmt == "tiff":
-        return encode_tiff(rgb, icc=icc, software=software)
-    if fmt == "png":
-        return encode_png(rgb, icc=icc)
-    raise ValueError(f"unknown image format {fmt!r}")
+        write_tiff(target, rgb)
+    elif fmt == "png":
+        write_png(target, rgb)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+
+
+def encode_image(rgb: np.ndarray, fmt: ImageFormat) -> bytes:
+    """:func:`write_image` into memory: the encoded file's bytes."""
+    buf = io.BytesIO()
+    write_image(buf, rgb, fmt)
+    return buf.getvalue()
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -128,6 +116,7 @@ def write_atomic(
     writer: Callable[[BinaryIO], None] | bytes,
     *,
     overwrite: bool = False,
+    post: Callable[[Path], None] | None = None,
 ) -> None:
     """Write a file atomically: temporary file in the same folder, fsync, then rename.
 
@@ -135,6 +124,8 @@ def write_atomic(
         path: final file name.
         writer: the bytes to write, or a function that writes them to a binary file object.
         overwrite: replace an existing file; otherwise an existing file is an error.
+        post: called with the temporary file's path once it is written and closed, before it is
+            synced and renamed (e.g. to add metadata in place).
 
     Raises:
         OutputError: the file exists (without ``overwrite``), the folder is not writable, or the
@@ -149,12 +140,16 @@ def write_atomic(
         raise OutputError(f"cannot write here: {_describe_os_error(exc)}", final) from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        # A file object opened by name: writers such as tifffile need a real file name.
+        with open(tmp, "wb") as f:
             if isinstance(writer, (bytes, bytearray, memoryview)):
                 f.write(writer)
             else:
                 writer(f)
-            f.flush()
+        if post is not None:
+            post(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         if overwrite:
@@ -213,9 +208,7 @@ _UMASK = _read_umask()
 STALE_TMP_SECONDS = 600.0
 
 
-def cleanup_temporaries(
-    folder: str | os.PathLike[str], *, min_age: float = 0.0
-) -> list[Path]:
+def cleanup_temporaries(folder: str | os.PathLike[str], *, min_age: float = 0.0) -> list[Path]:
     """Remove sidraw temporary files left in a folder by a killed run; returns what was removed.
 
     Only regular files named ``.sidraw-*.tmp`` whose last change is at least ``min_age`` seconds

@@ -19,13 +19,13 @@ import numpy as np
 import rawpy
 
 from . import __version__, metadata
-from .color import encoding_for, icc_profile
+from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, amplify, choose_ratio
 from .model import Device, ModelCache, Network
 from .mosaic import denormalise_packed, normalise_packed, pack, unpack
-from .output import ImageFormat, check_target, encode_image, write_atomic
+from .output import ImageFormat, check_target, write_atomic, write_image
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
 from .render import render
@@ -153,37 +153,39 @@ def denoise(
     return mosaic, decision
 
 
-def _encode(raw: RawFile, mosaic: np.ndarray, network: Network, decision: RatioDecision,
-            opts: ConvertOptions, timings: dict[str, float]) -> tuple[bytes, np.ndarray | None]:
-    """The output file's bytes (and the rendered RGB for previews, None for DNG)."""
-    start = time.perf_counter()
-    tags = metadata.select_tags(metadata.read_source(raw.data), strip_gps=opts.strip_gps)
-    record = metadata.SidrawRecord(
-        ratio=decision.ratio,
-        ratio_mode=decision.mode,
-        model=network.card.name,
-        model_sha256=network.card.sha256,
-    )
+@dataclass
+class _Rendered:
+    """What leaves the LibRaw stage: the RGB image or, for DNG, the clean mosaic and its metadata.
+
+    The LibRaw handle (raw buffer and render buffers) is closed before the output is encoded, so
+    their memory is not held while the file is written.
+    """
+
+    rgb: np.ndarray | None
+    dng: tuple[np.ndarray, DngMetadata] | None
+    encoding: Encoding | None
+    preview: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _render_stage(raw: RawFile, mosaic: np.ndarray, opts: ConvertOptions) -> _Rendered:
     if opts.fmt == "dng":
-        timings["render"] = 0.0
-        data = _encode_dng(raw, mosaic)
-        data = metadata.apply(data, tags=tags, record=record, icc=None, orientation=None)
-        timings["write"] = time.perf_counter() - start
-        return data, None
+        return _Rendered(None, (mosaic, _dng_metadata(raw)), None)
     encoding = encoding_for(opts.color_space, opts.linear)
-    rgb = render(raw.handle, mosaic, encoding=encoding)
-    timings["render"] = time.perf_counter() - start
-    start = time.perf_counter()
-    data = encode_image(rgb, opts.fmt)
-    data = metadata.apply(data, tags=tags, record=record, icc=icc_profile(encoding))
-    timings["write"] = time.perf_counter() - start
-    return data, rgb
+    return _Rendered(render(raw.handle, mosaic, encoding=encoding), None, encoding)
 
 
-def _encode_dng(raw: RawFile, mosaic: np.ndarray) -> bytes:
+def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat) -> None:
+    if rendered.dng is not None:
+        write_dng(f, *rendered.dng)
+    else:
+        assert rendered.rgb is not None
+        write_image(f, rendered.rgb, fmt)
+
+
+def _dng_metadata(raw: RawFile) -> DngMetadata:
     info = raw.info
     wb = info.wb_multipliers
-    meta = DngMetadata(
+    return DngMetadata(
         pattern=info.layout.pattern,
         black=info.black,
         white=int(info.white),
@@ -198,9 +200,6 @@ def _encode_dng(raw: RawFile, mosaic: np.ndarray) -> bytes:
         orientation=info.exif.orientation or 1,
         software=f"sidraw {__version__}",
     )
-    buf = io.BytesIO()
-    write_dng(buf, mosaic, meta)
-    return buf.getvalue()
 
 
 @contextmanager
@@ -246,34 +245,61 @@ def convert_file(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src_name = os.fspath(src)
-    preview_pair: tuple[np.ndarray, np.ndarray] | None = None
     if isinstance(dst, (str, os.PathLike)):
         check_target(dst, overwrite=opts.overwrite)  # before the decode and inference are spent
     with open_raw(src_name, data) as raw, _render_errors(src_name):
         timings["decode"] = time.perf_counter() - t0
+        tags = metadata.select_tags(metadata.read_source(raw.data), strip_gps=opts.strip_gps)
+        raw.data = b""  # the file's bytes are not needed any more: free them before inference
         network = cache.get(raw.info.layout.kind)
         mosaic, decision = denoise(raw, network, opts, progress=progress, timings=timings)
+        start = time.perf_counter()
         naive = naive_mosaic(raw, decision.ratio) if opts.preview else None
-        encoded, rgb = _encode(raw, mosaic, network, decision, opts, timings)
+        rendered = _render_stage(raw, mosaic, opts)
         if naive is not None:
             # Full-size renders: LibRaw's half-size mode changes the visible raw buffer's shape.
-            after = rgb if rgb is not None else render(raw.handle, mosaic)
-            preview_pair = (render(raw.handle, naive), after)
+            after = rendered.rgb if rendered.rgb is not None else render(raw.handle, mosaic)
+            rendered.preview = (render(raw.handle, naive), after)
+        del mosaic, naive
+        timings["render"] = time.perf_counter() - start
     start = time.perf_counter()
+    record = metadata.SidrawRecord(
+        ratio=decision.ratio,
+        ratio_mode=decision.mode,
+        model=network.card.name,
+        model_sha256=network.card.sha256,
+    )
+    icc = icc_profile(rendered.encoding) if rendered.encoding is not None else None
+    # A DNG keeps the camera's orientation (its pixels are not rotated); images are upright.
+    orientation = None if rendered.dng is not None else 1
+
+    def add_metadata(path: Path) -> None:
+        metadata.apply_to_file(path, tags=tags, record=record, icc=icc, orientation=orientation)
+
     out_name: str | None
     if isinstance(dst, (str, os.PathLike)):
-        write_atomic(Path(dst), encoded, overwrite=opts.overwrite)
+        write_atomic(
+            Path(dst),
+            lambda f: _write_encoded(f, rendered, opts.fmt),
+            overwrite=opts.overwrite,
+            post=add_metadata,
+        )
         out_name = os.fspath(dst)
-        if preview_pair is not None:
-            write_atomic(preview_path(Path(dst)), side_by_side(*preview_pair), overwrite=True)
+        if rendered.preview is not None:
+            write_atomic(preview_path(Path(dst)), side_by_side(*rendered.preview), overwrite=True)
     else:
+        buf = io.BytesIO()
+        _write_encoded(buf, rendered, opts.fmt)
+        encoded = metadata.apply(
+            buf.getvalue(), tags=tags, record=record, icc=icc, orientation=orientation
+        )
         try:
             dst.write(encoded)
             dst.flush()
         except OSError as exc:
             raise OutputError(f"cannot write the output stream ({exc})", "-") from None
         out_name = "-"
-    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - start
+    timings["write"] = time.perf_counter() - start
     return ConvertResult(
         input=src_name,
         output=out_name,

@@ -163,7 +163,8 @@ def run_tiled(
         region += result[0].transpose(1, 2, 0) * weight[:, :, None]
         if progress is not None:
             progress(n, total)
-    return np.ascontiguousarray(out[py.margin : py.margin + h, px.margin : px.margin + w])
+    # A view, not a copy: the caller clips and converts it, and a copy would cost a frame.
+    return out[py.margin : py.margin + h, px.margin : px.margin + w]
 
 
 def run_whole(image: np.ndarray, fn: TileFn, *, multiple: int = 16, margin: int = 32) -> np.ndarray:

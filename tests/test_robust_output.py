@@ -73,31 +73,18 @@ def test_output_folder_not_writable(
     assert "1 converted, 0 skipped, 1 failed" in res.output
 
 
-class _FullDisk(io.RawIOBase):
-    """A file that takes 1000 bytes, then fails like a full disk."""
+class _FullDiskFile(io.FileIO):
+    """A named, seekable file that takes 1000 bytes, then fails like a full disk."""
 
-    def __init__(self, f: io.BufferedWriter) -> None:
-        self.f = f
-        self.room = 1000
+    room = 1000
 
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes) -> int:  # type: ignore[override]
         if len(data) > self.room:
-            self.f.write(bytes(data)[: self.room])
-            self.f.flush()
+            super().write(bytes(data)[: self.room])
             self.room = 0
             raise OSError(errno.ENOSPC, "No space left on device")
         self.room -= len(data)
-        return self.f.write(data)
-
-    def fileno(self) -> int:
-        return self.f.fileno()
-
-    def close(self) -> None:
-        self.f.close()
-        super().close()
+        return super().write(data)
 
 
 @pytest.mark.parametrize("where", ["write", "fsync", "link"])
@@ -119,13 +106,16 @@ def test_disk_full(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "write":
-        real_fdopen = os.fdopen
+        real_open = open
 
-        def fdopen(fd: int, *args: object, **kwargs: object) -> object:
-            f = real_fdopen(fd, *args, **kwargs)
-            return _FullDisk(f) if first_output(fd) else f
+        def fake_open(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+            temporary = Path(str(file)).name.startswith(output.TMP_PREFIX)
+            if "w" in mode and temporary and not failed:
+                failed.append(str(file))
+                return _FullDiskFile(str(file), "wb")
+            return real_open(file, mode, *args, **kwargs)
 
-        monkeypatch.setattr(output.os, "fdopen", fdopen)
+        monkeypatch.setattr(output, "open", fake_open, raising=False)
     elif where == "fsync":
         real_fsync = os.fsync
         monkeypatch.setattr(

@@ -80,7 +80,7 @@ def unprocess_description() -> dict[str, object]:
 def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
-    overlap: int | None = None,
+    overlap: int | None = None, notes: str | None = None,
 ) -> dict[str, object]:
     """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured)."""
     ucfg = model.config
@@ -111,6 +111,7 @@ def build_card(
             "width": ucfg.width,
             "max_mult": ucfg.max_mult,
             "residual": ucfg.residual,
+            "output": "input + network (residual)" if ucfg.residual else "network",
             "activation": "LeakyReLU(0.2)",
             "down": "2x2 max-pool", "up": "2x2 transposed conv + skip concat",
             "params": count_params(model),
@@ -147,6 +148,7 @@ def build_card(
             "threads": cfg.threads,
             "device": cfg.device,
             "init": cfg.init,
+            "notes": notes,
             "python": platform.python_version(),
             "val_raw_psnr_history": hist[-20:],
         },
@@ -169,7 +171,8 @@ def markdown_card(card: dict) -> str:
         "## Architecture",
         "",
         f"- {a['type']}; 5 levels of widths {a['widths']} (4 poolings: packed h and w must be "
-        f"multiples of {card['downsample']}), {a['activation']}, {a['up']}.",
+        f"multiples of {card['downsample']}), {a['activation']}, {a['up']}; output = "
+        f"{a['output']}.",
         f"- {a['params']:,} parameters, {a['gflops_per_megapixel']} GFLOPs per megapixel "
         "of mosaic.",
         f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
@@ -237,6 +240,7 @@ def markdown_card(card: dict) -> str:
         "- Patch sizes: " + ", ".join(
             f"{p['packed_patch']} packed ({p['photosites']} photosites) from step {p['from_step']}"
             for p in t["patch_sizes"]) + ".",
+        *([f"- {t['notes']}"] if t.get("notes") else []),
         "",
         "## Validation",
         "",
@@ -263,12 +267,12 @@ def markdown_card(card: dict) -> str:
 def write_cards(
     out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
-    history: str | None = None, overlap: int | None = None,
+    history: str | None = None, overlap: int | None = None, notes: str | None = None,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
         name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
-        overlap,
+        overlap, notes,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))

@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval", default=None, help="evaluation JSON from sidraw.train.evaluate")
     ap.add_argument("--speed", nargs="*", default=[], help="JSON-lines files of width speeds")
     ap.add_argument("--history", default=None, help="history.jsonl of the run(s)")
+    ap.add_argument("--notes", default=None, help="free text on how the run went (card)")
     a = ap.parse_args(argv)
     model, cfg, info = model_from_checkpoint(a.checkpoint)
     out = Path(a.weights)
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cards(
         out, a.name, a.version, onnx_path, model, cfg, info, diff,
         validation=validation, speeds=speeds, history=a.history, overlap=overlap,
+        notes=a.notes,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
 

@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     data: str | None = None
     init: str | None = None
+    zero_head: bool = False
     patch_history: list[list[int]] = field(default_factory=list)
 
     def unet(self) -> UNetConfig:
@@ -142,10 +143,17 @@ class Trainer:
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])  # type: ignore[arg-type]
         elif cfg.init:
-            from .onnx_io import load_onnx_weights
+            from .onnx_io import load_checkpoint_weights, load_onnx_weights
 
-            loaded, skipped = load_onnx_weights(self.model, cfg.init)
+            load = load_checkpoint_weights if cfg.init.endswith(".pt") else load_onnx_weights
+            loaded, skipped = load(self.model, cfg.init)
             self.log(f"init from {cfg.init}: {len(loaded)} tensors loaded, skipped {skipped}")
+            if cfg.zero_head:
+                # Switching a trained network to residual output: start from the identity
+                # (the amplified input) and keep the learned features.
+                with torch.no_grad():
+                    self.model.head.weight.zero_()
+                    self.model.head.bias.zero_()
         self.model.to(self.device)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -257,7 +265,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
     ap.add_argument("--data", default=None, help="folder holding clean/ (default ../shared/data)")
-    ap.add_argument("--init", default=None, help="warm-start from an ONNX model")
+    ap.add_argument(
+        "--init", default=None, help="warm-start from an ONNX model or a checkpoint.pt"
+    )
+    ap.add_argument(
+        "--zero-head", action="store_true", help="zero the output layer after --init"
+    )
     ap.add_argument("--out", default="runs/bayer", help="run folder (checkpoint, log, history)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     a = ap.parse_args(argv)
@@ -266,6 +279,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         batch=a.batch,
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
+        zero_head=a.zero_head,
     )
     return cfg, Path(a.out), bool(a.resume)
 

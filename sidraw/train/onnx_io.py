@@ -18,6 +18,23 @@ def onnx_initializers(path: str | Path) -> dict[str, np.ndarray]:
     return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
 
 
+def load_checkpoint_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Like :func:`load_onnx_weights`, from a training checkpoint (``checkpoint.pt``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    source = ckpt["model"]
+    state = model.state_dict()
+    loaded, skipped = [], []
+    with torch.no_grad():
+        for name, tensor in state.items():
+            src = source.get(name)
+            if src is not None and tuple(src.shape) == tuple(tensor.shape):
+                tensor.copy_(src)
+                loaded.append(name)
+            else:
+                skipped.append(name)
+    return loaded, skipped
+
+
 def load_onnx_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
     """Copy ONNX initializers into ``model`` where names and shapes match.
 
