@@ -34,6 +34,7 @@ def test_gat_inverse_is_unbiased_for_poisson() -> None:
 
 
 def test_render_and_baselines_on_a_small_bayer_case() -> None:
+    pytest.importorskip("bm3d")
     rng = np.random.default_rng(2)
     srgb = np.tile(np.linspace(0.2, 0.8, 96, dtype=np.float32)[None, :, None], (64, 1, 3))
     pair = make_pair(srgb, "bayer", rng, ratio=100.0, noise=a7s2_params(0.75), exposure=1.0)
