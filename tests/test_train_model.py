@@ -97,3 +97,16 @@ def test_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert stored["input_name"] == "input" and stored["output_name"] == "output"
     assert stored["normalisation"]["input_clip"] == [-1, 1]
     assert (tmp_path / "sidraw-bayer.md").read_text().count(stored["sha256"]) == 1
+
+    # The evaluation table goes into both cards; a stale sha256 is refused.
+    from sidraw.train.cards import update_validation
+
+    summary = {"sets": {"A7S2 x100": {"ratio": 100.0, "noise": "a7s2", "cases": 1,
+                                      "naive": {"srgb_psnr": 20.0, "srgb_ssim": 0.4,
+                                                "raw_psnr": 30.0}}}}
+    update_validation(onnx_path, summary)
+    assert json.loads((tmp_path / "sidraw-bayer.json").read_text())["validation"] == summary
+    assert "| A7S2 x100 | naive x ratio | 20.00 |" in (tmp_path / "sidraw-bayer.md").read_text()
+    onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        update_validation(onnx_path, summary)

@@ -41,7 +41,7 @@ def noise_description() -> dict[str, object]:
     return {
         "model": "ELD (Wei et al. 2020): K * Poisson(signal / K) + read + row + rounding to DN, "
                  "black added, clipped at white (and at 0, or at black with p = 0.1)",
-        "a7s2_probability": 0.6,
+        "a7s2_probability": noise.A7S2_PROBABILITY,
         "a7s2": {
             "ln_K_uniform": [round(v, 4) for v in noise.A7S2_LN_K],
             "K_units": "DN per electron of a 14-bit sensor (white - black = 16383 - 512)",

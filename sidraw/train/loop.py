@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from .noise import sample_params
 from .pairs import make_pair, mosaic_size, training_pair
 from .unet import UNet, UNetConfig, count_params
 
@@ -92,8 +93,10 @@ def validation_batch(
     photos: list[data_mod.Photo], cfa: str, packed: int, count: int = 8, seed: int = 1234
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fixed, seeded (noisy, clean) NCHW batch from validation photos (centre crops, ratios
-    alternating 100 / 300)."""
+    alternating 100 / 300, A7S2 noise drawn from its own generator so the batch does not change
+    when the training noise mix does)."""
     rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng(seed + 1)
     size = mosaic_size(packed, cfa)
     xs, ys = [], []
     usable = [p for p in photos if min(p.pixels.shape[:2]) >= size]
@@ -102,7 +105,9 @@ def validation_batch(
         y0 = (px.shape[0] - size) // 2
         x0 = (px.shape[1] - size) // 2
         crop = px[y0 : y0 + size, x0 : x0 + size].astype(np.float32) / 255
-        pair = make_pair(crop, cfa, rng, ratio=100.0 if i % 2 == 0 else 300.0, exposure=1.0)
+        noise = sample_params(noise_rng, "a7s2")
+        ratio = 100.0 if i % 2 == 0 else 300.0
+        pair = make_pair(crop, cfa, rng, ratio=ratio, noise=noise, exposure=1.0)
         sl = (slice(1, 1 + packed), slice(1, 1 + packed))
         xs.append(pair.noisy[sl].transpose(2, 0, 1))
         ys.append(pair.clean[sl].transpose(2, 0, 1))
