@@ -171,37 +171,13 @@ def cmd_network(args: argparse.Namespace) -> None:
 
 
 def _quantized(model_bytes: bytes, x: np.ndarray) -> bytes:
-    """An INT8 QDQ copy of a model, made with the settings of :func:`sidraw.quantize.quantize`
-    (per-channel int8 weights, uint8 activations, MinMax calibration)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter([x, -x])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {"x": batch}
+    """An INT8 QDQ copy of a model, made by :func:`sidraw.quantize.quantize_onnx`."""
+    from sidraw.quantize import quantize_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "conv.onnx", Path(tmp) / "conv.int8.onnx"
         src.write_bytes(model_bytes)
-        quantize_static(
-            str(src),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        quantize_onnx(src, dst, [{"x": x}, {"x": -x}])
         return dst.read_bytes()
 
 

@@ -48,6 +48,43 @@ def calibration_batches(
         yield np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def quantize_onnx(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    batches: list[dict[str, np.ndarray]],
+) -> None:
+    """Write an INT8 QDQ copy of an ONNX model: per-channel int8 weights, uint8 activations,
+    MinMax calibration on ``batches`` (input name -> array).
+
+    The one place that sets sidraw's quantisation settings (the benchmark uses it too).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        os.fspath(src),
+        os.fspath(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
 def quantize(
     card_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str] | None = None,
@@ -59,40 +96,15 @@ def quantize(
     Returns:
         The path of the INT8 ONNX file.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     card = load_card(card_path)
     out = Path(out_path) if out_path else card.path.with_name(card.path.stem + ".int8.onnx")
-    batches = list(calibration_batches(card.cfa, count=count))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            return None if batch is None else {card.input_name: batch}
-
+    batches = [{card.input_name: b} for b in calibration_batches(card.cfa, count=count)]
     prepared = out.with_suffix(".prep.onnx")
     try:
         quant_pre_process(str(card.path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        quantize_onnx(prepared, out, batches)
     finally:
         prepared.unlink(missing_ok=True)
     data = json.loads(Path(card_path).read_text())
