@@ -18,6 +18,9 @@ def render_params(
     """LibRaw settings for sidraw's rendering: camera white balance, no auto brightening, 16 bit.
 
     Highlights are clipped after white balance so that saturated photosites come out neutral.
+    LibRaw's maximum adjustment is off: by default it lowers the white point to the brightest
+    photosite when that one lies above 75 % of white, which made a frame's brightness depend on
+    its single brightest denoised photosite.
     X-Trans uses LibRaw's 1-pass Markesteijn demosaic (selected by its PPG setting): about twice
     as fast as 3 passes, and the denoised mosaic leaves little for the extra passes to fix.
     """
@@ -31,6 +34,7 @@ def render_params(
         output_color=_LIBRAW_SPACE[encoding.space],
         highlight_mode=rawpy.HighlightMode.Clip,
         half_size=half_size,
+        adjust_maximum_thr=0.0,
     )
 
 

@@ -48,3 +48,23 @@ def test_bundled_model_keeps_highlights_neutral(
     h, w, _ = img.shape
     ring = img[int(0.25 * h) - 12, int(0.75 * w) - 3 : int(0.75 * w) + 4].astype(np.float64)
     assert np.all(ring[:, 0] >= ring[:, 2])
+
+
+def test_brightness_does_not_depend_on_the_brightest_photosite(tmp_path: Path, make_dng) -> None:
+    """LibRaw's default maximum adjustment rescales the whole frame when the brightest photosite
+    lies between 75 % and 100 % of white; sidraw's rendering must not."""
+    import rawpy
+
+    from sidraw.render import render
+
+    with rawpy.imread(str(make_dng("flat.dng", width=240, height=160))) as raw:
+        black = int(raw.black_level_per_channel[0])
+        white = int(raw.white_level)
+        flat = np.full(raw.raw_image_visible.shape, black + (white - black) // 8, np.uint16)
+        before = render(raw, flat).astype(np.float64)
+        spot = flat.copy()
+        spot[0, 0] = black + int(0.8 * (white - black))
+        after = render(raw, spot).astype(np.float64)
+    rest = (slice(8, None), slice(8, None))
+    assert before[rest].mean() > 1000  # not black, so a rescaling would show
+    np.testing.assert_allclose(after[rest].mean(), before[rest].mean(), rtol=1e-4)
