@@ -15,9 +15,11 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError, OutputError, SidrawError
 from .output import EXTENSIONS, STALE_TMP_SECONDS, ImageFormat, cleanup_temporaries
@@ -187,6 +189,7 @@ def run_jobs(
     jobs: list[Job],
     convert: Callable[[Job], object],
     *,
+    finish: Callable[[Any], object] | None = None,
     overwrite: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
@@ -197,33 +200,88 @@ def run_jobs(
     (older than :data:`~sidraw.output.STALE_TMP_SECONDS`) are removed when the batch reaches that
     folder. While the batch runs, SIGTERM and SIGHUP stop it like Ctrl-C
     (:func:`terminate_as_interrupt`): ``KeyboardInterrupt`` is raised, no partial output is left.
+
+    With ``finish``, each job runs in two stages: ``convert(job)`` in the calling thread returns
+    an intermediate that ``finish`` turns into the result in one worker thread, so that the next
+    job's ``convert`` (decode and inference) overlaps the previous job's ``finish`` (render and
+    write). At most one job is in each stage; outcomes are reported in job order, from the
+    calling thread. An intermediate that is never finished is closed (its ``close()`` method).
+    On interrupt, the job being finished is completed (its output is whole) and reported first.
     """
-    outcomes = []
+    outcomes: list[Outcome] = []
     cleaned: set[Path] = set()
-    with terminate_as_interrupt():
-        for job in jobs:
-            folder = job.dst.parent
-            if folder not in cleaned:
-                cleaned.add(folder)
-                cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
-            if job.dst.is_dir():
-                error = OutputError("a folder of that name exists", job.dst)
-                outcome = Outcome(job, "failed", error=error)
-            elif not overwrite and job.dst.exists():
-                outcome = Outcome(job, "skipped")
-            else:
-                try:
+
+    def emit(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    def attempt(job: Job, stage: Callable[[Any], object], arg: object) -> Outcome:
+        try:
+            return Outcome(job, "ok", result=stage(arg))
+        except SidrawError as exc:
+            return Outcome(job, "failed", error=exc)
+        except MemoryError:
+            return Outcome(job, "failed", error=SidrawError("out of memory", job.src))
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sidraw-finish") if finish else None
+    pending: tuple[Job, Future[Outcome]] | None = None
+
+    def collect() -> None:
+        nonlocal pending
+        if pending is not None:
+            _, future = pending
+            pending = None
+            emit(future.result())
+
+    try:
+        with terminate_as_interrupt():
+            for job in jobs:
+                folder = job.dst.parent
+                if folder not in cleaned:
+                    cleaned.add(folder)
+                    cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
+                if job.dst.is_dir():
+                    error = OutputError("a folder of that name exists", job.dst)
+                    outcome = Outcome(job, "failed", error=error)
+                elif not overwrite and job.dst.exists():
+                    outcome = Outcome(job, "skipped")
+                else:
                     if folder != Path():
-                        _make_folder(folder)
-                    outcome = Outcome(job, "ok", result=convert(job))
-                except SidrawError as exc:
-                    outcome = Outcome(job, "failed", error=exc)
-                except MemoryError:
-                    outcome = Outcome(job, "failed", error=SidrawError("out of memory", job.src))
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+                        try:
+                            _make_folder(folder)
+                        except SidrawError as exc:
+                            collect()
+                            emit(Outcome(job, "failed", error=exc))
+                            continue
+                    outcome = attempt(job, convert, job)
+                    if pool is not None and finish is not None and outcome.status == "ok":
+                        try:
+                            collect()
+                        except BaseException:
+                            _close(outcome.result)
+                            raise
+                        pending = (job, pool.submit(attempt, job, finish, outcome.result))
+                        continue
+                collect()
+                emit(outcome)
+            collect()
+    except BaseException:
+        # Interrupted: let the file being written complete (its output is whole), report it.
+        if pending is not None:
+            with suppress(BaseException):  # the first interruption is the one raised
+                collect()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     return outcomes
+
+
+def _close(intermediate: object) -> None:
+    close = getattr(intermediate, "close", None)
+    if callable(close):
+        close()
 
 
 @contextmanager

@@ -22,7 +22,14 @@ from .batch import DEFAULT_NAME, InputFile, Job, Outcome, collect_inputs, plan_j
 from .errors import SidrawError
 from .exposure import DEFAULT_MAX_RATIO
 from .model import ModelCache
-from .pipeline import ConvertOptions, ConvertResult, convert_file
+from .pipeline import (
+    ConvertOptions,
+    ConvertResult,
+    PreparedFile,
+    convert_file,
+    finish_file,
+    prepare_file,
+)
 from .tiling import DEFAULT_TILE
 
 app = typer.Typer(
@@ -194,6 +201,14 @@ def convert(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be done, convert nothing.")
     ] = False,
+    serial: Annotated[
+        bool,
+        typer.Option(
+            "--serial",
+            help="One file at a time (default: render and write a file while the next one is "
+            "denoised; uses about one more file's memory).",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per file on stdout.")
     ] = False,
@@ -294,6 +309,13 @@ def convert(
             return convert_file(job.src, sys.stdout.buffer, options, data=data, models=models)
         return convert_file(job.src, job.dst, options, data=data, models=models)
 
+    def prepare_one(job: Job) -> PreparedFile:
+        progress.update(files_task, description=job.src.name)
+        data = stdin_data if str(job.src) == STDIN else None
+        return prepare_file(job.src, job.dst, options, data=data, models=models)
+
+    pipelined = not (serial or to_stdout) and len(plan.jobs) > 1
+
     def report(outcome: Outcome) -> None:
         progress.advance(files_task)
         src = outcome.job.src
@@ -335,7 +357,11 @@ def convert(
     try:
         with progress:
             outcomes = run_jobs(
-                plan.jobs, run_one, overwrite=overwrite or to_stdout, on_outcome=record
+                plan.jobs,
+                prepare_one if pipelined else run_one,
+                finish=finish_file if pipelined else None,
+                overwrite=overwrite or to_stdout,
+                on_outcome=record,
             )
     except KeyboardInterrupt:
         done = sum(o.status == "ok" for o in finished)

@@ -10,7 +10,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -212,7 +212,40 @@ def _render_errors(name: str) -> Iterator[None]:
         raise CorruptFileError(reason, name) from None
 
 
-def convert_file(
+class PreparedFile:
+    """A file decoded and denoised, waiting to be rendered and written (:func:`finish_file`).
+
+    It holds the open LibRaw handle (the raw buffer LibRaw renders from) and the clean mosaic;
+    :func:`finish_file` releases them, and so does :meth:`close` for a file that is dropped.
+    """
+
+    def __init__(
+        self,
+        src_name: str,
+        dst: str | os.PathLike[str] | BinaryIO,
+        opts: ConvertOptions,
+        stack: ExitStack,
+        raw: RawFile,
+    ) -> None:
+        self.src_name = src_name
+        self.dst = dst
+        self.opts = opts
+        self.raw = raw
+        self.timings: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+        self.tags: dict[str, Any] = {}
+        self.network: Network | None = None
+        self.mosaic: np.ndarray | None = None
+        self.decision: RatioDecision | None = None
+        self._stack = stack
+
+    def close(self) -> None:
+        """Release the LibRaw handle and the mosaic (idempotent)."""
+        self.mosaic = None
+        self._stack.close()
+
+
+def prepare_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str] | BinaryIO,
     options: ConvertOptions | None = None,
@@ -222,46 +255,67 @@ def convert_file(
     model: str | os.PathLike[str] | None = None,
     device: Device = "auto",
     progress: Callable[[int, int], None] | None = None,
-) -> ConvertResult:
-    """Convert one dark raw file into a bright, clean 16-bit image.
+) -> PreparedFile:
+    """First half of :func:`convert_file`: decode, choose the ratio, denoise (the network).
 
-    Args:
-        src: the raw file (any format LibRaw reads with a Bayer or X-Trans CFA); with ``data``,
-            only the name used in messages (e.g. ``"-"`` for stdin).
-        dst: the output file (written atomically; not overwritten unless ``options.overwrite``),
-            or a binary stream (e.g. ``sys.stdout.buffer``).
-        options: conversion settings (defaults: auto ratio, sRGB TIFF).
-        data: the raw file's bytes, when they do not come from ``src`` (stdin).
-        models: a model cache shared across files (default: a new one from ``model``/``device``).
-        model: a model card, ONNX file or folder (default: the bundled models).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        progress: called with ``(tiles done, tiles total)`` during inference.
-
-    Raises:
-        sidraw.SidrawError: bad input, missing model, or the output cannot be written.
+    Batch conversion runs it for the next file while :func:`finish_file` renders and writes the
+    previous one in another thread. Arguments as for :func:`convert_file`.
     """
     opts = options or ConvertOptions()
     cache = models or ModelCache(model, device)
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     src_name = os.fspath(src)
     if isinstance(dst, (str, os.PathLike)):
         check_target(dst, overwrite=opts.overwrite)  # before the decode and inference are spent
-    with open_raw(src_name, data) as raw, _render_errors(src_name):
-        timings["decode"] = time.perf_counter() - t0
-        tags = metadata.select_tags(metadata.read_source(raw.data), strip_gps=opts.strip_gps)
-        raw.data = b""  # the file's bytes are not needed any more: free them before inference
-        network = cache.get(raw.info.layout.kind)
-        mosaic, decision = denoise(raw, network, opts, progress=progress, timings=timings)
-        start = time.perf_counter()
+    stack = ExitStack()
+    try:
+        raw = stack.enter_context(open_raw(src_name, data))
+        prepared = PreparedFile(src_name, dst, opts, stack, raw)
+        prepared.t0 = t0
+        prepared.timings["decode"] = time.perf_counter() - t0
+        with _render_errors(src_name):
+            prepared.tags = metadata.select_tags(
+                metadata.read_source(raw.data), strip_gps=opts.strip_gps
+            )
+            raw.data = b""  # the file's bytes are not needed any more: free them before inference
+            prepared.network = cache.get(raw.info.layout.kind)
+            prepared.mosaic, prepared.decision = denoise(
+                raw, prepared.network, opts, progress=progress, timings=prepared.timings
+            )
+    except BaseException:
+        stack.close()
+        raise
+    return prepared
+
+
+def finish_file(prepared: PreparedFile) -> ConvertResult:
+    """Second half of :func:`convert_file`: render through LibRaw and write the output.
+
+    The prepared file is closed whatever happens.
+    """
+    try:
+        return _finish(prepared)
+    finally:
+        prepared.close()
+
+
+def _finish(prepared: PreparedFile) -> ConvertResult:
+    opts, raw, src_name, dst = prepared.opts, prepared.raw, prepared.src_name, prepared.dst
+    timings = prepared.timings
+    mosaic, decision, network = prepared.mosaic, prepared.decision, prepared.network
+    assert mosaic is not None and decision is not None and network is not None
+    prepared.mosaic = None
+    start = time.perf_counter()
+    with _render_errors(src_name):
         naive = naive_mosaic(raw, decision.ratio) if opts.preview else None
         rendered = _render_stage(raw, mosaic, opts)
         if naive is not None:
             # Full-size renders: LibRaw's half-size mode changes the visible raw buffer's shape.
             after = rendered.rgb if rendered.rgb is not None else render(raw.handle, mosaic)
             rendered.preview = (render(raw.handle, naive), after)
-        del mosaic, naive
-        timings["render"] = time.perf_counter() - start
+    del mosaic, naive
+    prepared.close()  # LibRaw's buffers are not needed while the output is encoded
+    timings["render"] = time.perf_counter() - start
     start = time.perf_counter()
     record = metadata.SidrawRecord(
         ratio=decision.ratio,
@@ -272,6 +326,7 @@ def convert_file(
     icc = icc_profile(rendered.encoding) if rendered.encoding is not None else None
     # A DNG keeps the camera's orientation (its pixels are not rotated); images are upright.
     orientation = None if rendered.dng is not None else 1
+    tags = prepared.tags
 
     def add_metadata(path: Path) -> None:
         metadata.apply_to_file(path, tags=tags, record=record, icc=icc, orientation=orientation)
@@ -305,6 +360,47 @@ def convert_file(
         output=out_name,
         decision=decision,
         model=network.card.name,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - prepared.t0,
         timings=timings,
     )
+
+
+def convert_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | BinaryIO,
+    options: ConvertOptions | None = None,
+    *,
+    data: bytes | None = None,
+    models: ModelCache | None = None,
+    model: str | os.PathLike[str] | None = None,
+    device: Device = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> ConvertResult:
+    """Convert one dark raw file into a bright, clean 16-bit image.
+
+    Args:
+        src: the raw file (any format LibRaw reads with a Bayer or X-Trans CFA); with ``data``,
+            only the name used in messages (e.g. ``"-"`` for stdin).
+        dst: the output file (written atomically; not overwritten unless ``options.overwrite``),
+            or a binary stream (e.g. ``sys.stdout.buffer``).
+        options: conversion settings (defaults: auto ratio, sRGB TIFF).
+        data: the raw file's bytes, when they do not come from ``src`` (stdin).
+        models: a model cache shared across files (default: a new one from ``model``/``device``).
+        model: a model card, ONNX file or folder (default: the bundled models).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: called with ``(tiles done, tiles total)`` during inference.
+
+    Raises:
+        sidraw.SidrawError: bad input, missing model, or the output cannot be written.
+    """
+    prepared = prepare_file(
+        src,
+        dst,
+        options,
+        data=data,
+        models=models,
+        model=model,
+        device=device,
+        progress=progress,
+    )
+    return finish_file(prepared)
