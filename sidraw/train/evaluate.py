@@ -14,7 +14,8 @@ parameters (generalised Anscombe transform per packed channel, BM3D with sigma 1
 approximation of the exact unbiased inverse, Makitalo & Foi 2013). Metrics: PSNR and SSIM of the
 16-bit sRGB image rendered by :func:`sidraw.render.render` through a DNG written by
 :func:`sidraw.dng.write_dng` (the clean mosaic rendered the same way is the reference), and PSNR of
-the packed normalised raw. Baseline results are cached (they do not depend on the model).
+the packed normalised raw. BM3D outputs are cached (they do not depend on the model); all metrics
+are recomputed every run.
 """
 
 from __future__ import annotations
@@ -164,6 +165,23 @@ def bm3d_gat(pair: Pair) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def cached_bm3d(pair: Pair, case: Case, folder: Path) -> np.ndarray:
+    """:func:`bm3d_gat` of a case, stored in ``folder`` (it does not depend on the model and
+    takes most of an evaluation's time). The metrics are recomputed from it every run, so a change
+    of the rendering never mixes with old numbers."""
+    path = folder / f"{case.seed:08x}.npy"
+    if path.exists():
+        out = np.load(path)
+        if out.shape == pair.clean.shape:
+            return out
+    out = bm3d_gat(pair)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, out)
+    tmp.replace(path)
+    return out
+
+
 class OnnxModel:
     """An ONNX model run as ``sidraw convert`` runs it (reflect padding to multiples of 16)."""
 
@@ -256,10 +274,6 @@ def metrics(pred: np.ndarray, pair: Pair, ref_img: np.ndarray, renderer: Rendere
 # --- driver --------------------------------------------------------------------------------------
 
 
-def _load_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def _save_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -284,8 +298,7 @@ def evaluate(
     _, val_e = data_mod.split(data_mod.manifest(root))
     photos = {p.key: p for p in data_mod.load_photos(root, val_e)}
     cases = eval_cases(list(photos.values()), cfa, max_images)
-    cache_path = out / f"{cfa}_baselines_v{EVAL_VERSION}.json"
-    cache = _load_json(cache_path)
+    bm3d_dir = out / f"{cfa}_bm3d_v{EVAL_VERSION}"
     model = OnnxModel(model_path, threads) if model_path else None
     per_case: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -296,13 +309,10 @@ def evaluate(
             renderer = Renderer(pair, Path(td))
             try:
                 ref = renderer(pair.clean)
-                res = dict(cache.get(case.id, {}))
-                if "naive" not in res:
-                    res["naive"] = metrics(naive(pair), pair, ref, renderer)
-                if "bm3d" not in res:
-                    res["bm3d"] = metrics(bm3d_gat(pair), pair, ref, renderer)
-                    cache[case.id] = {"naive": res["naive"], "bm3d": res["bm3d"]}
-                    _save_json(cache_path, cache)
+                res = {
+                    "naive": metrics(naive(pair), pair, ref, renderer),
+                    "bm3d": metrics(cached_bm3d(pair, case, bm3d_dir), pair, ref, renderer),
+                }
                 if model is not None:
                     tm = time.perf_counter()
                     pred = model(pair.noisy)
