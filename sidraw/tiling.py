@@ -102,14 +102,105 @@ def iter_tiles(plan_y: AxisPlan, plan_x: AxisPlan) -> Iterator[tuple[int, int, i
 
 
 def pad_reflect(image: np.ndarray, plan_y: AxisPlan, plan_x: AxisPlan) -> np.ndarray:
-    """Reflect-pad an (h, w, C) image to the padded size of the plans."""
-    pads = (
-        (plan_y.margin, plan_y.padded - plan_y.length - plan_y.margin),
-        (plan_x.margin, plan_x.padded - plan_x.length - plan_x.margin),
-        (0, 0),
-    )
-    mode = "reflect" if min(image.shape[:2]) > 1 else "edge"
-    return np.pad(image, pads, mode=mode)
+    """Reflect-pad an (h, w, C) image to the padded size of the plans (an axis of length 1 is
+    edge-padded, as it has nothing to reflect)."""
+    out = image
+    for axis, plan in enumerate((plan_y, plan_x)):
+        pads = [(0, 0)] * 3
+        pads[axis] = (plan.margin, plan.padded - plan.length - plan.margin)
+        out = np.pad(out, pads, mode="reflect" if plan.length > 1 else "edge")
+    return out
+
+
+def reflect_index(start: int, stop: int, length: int, margin: int) -> np.ndarray:
+    """Image indices of padded positions ``start..stop`` (padded = image shifted by ``margin``),
+    reflected at the borders like ``np.pad(mode="reflect")`` (``"edge"`` for a length of 1)."""
+    idx = np.arange(start - margin, stop - margin)
+    if length == 1:
+        return np.zeros(idx.shape, dtype=np.intp)
+    period = 2 * (length - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= length, period - idx, idx).astype(np.intp)
+
+
+#: Reads network input: ``read(rows, cols)`` -> (len(rows), len(cols), C) float32 at those image
+#: indices (already reflected, so always inside the image).
+ReadFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: Takes finished output: ``write(row0, rows)`` with rows (n, w, C') float32, in image order.
+WriteFn = Callable[[int, np.ndarray], None]
+
+
+def run_tiled_stream(
+    shape: tuple[int, int],
+    read: ReadFn,
+    fn: TileFn,
+    write: WriteFn,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    multiple: int = 16,
+    out_channels: int,
+    margin: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    last_fn: TileFn | None = None,
+) -> None:
+    """Apply ``fn`` tile by tile without holding the whole input or output.
+
+    The input is read one tile at a time; the output is blended in a band of one tile row,
+    and rows are handed to ``write`` as soon as no later tile touches them. Memory is one band
+    (``tile`` rows of the image width) plus one tile, whatever the image height.
+
+    Args:
+        shape: (h, w) of the image, in packed pixels.
+        read: the network input of a tile (see :data:`ReadFn`).
+        fn: the network on one NCHW tile.
+        write: receives finished rows (see :data:`WriteFn`); the array is reused afterwards.
+        tile, overlap, multiple, margin, progress, last_fn: as for :func:`run_tiled`.
+        out_channels: channels of the output.
+    """
+    h, w = shape
+    if margin is None:
+        margin = _round_up(overlap // 2, multiple) if overlap else 0
+    py = plan_axis(h, tile, overlap, multiple, margin)
+    px = plan_axis(w, tile, overlap, multiple, margin)
+    wy = [axis_weight(py, k) for k in range(len(py.origins))]
+    wx = [axis_weight(px, k) for k in range(len(px.origins))]
+    cols = [reflect_index(x0, x0 + px.size, w, margin) for x0 in px.origins]
+    band = np.zeros((py.size, px.padded, out_channels), dtype=np.float32)
+    band_y0 = 0  # padded row of band[0]
+
+    def emit(stop: int) -> None:
+        """Hand over the band's rows above padded row ``stop`` and shift the rest up."""
+        nonlocal band_y0
+        lo, hi = max(band_y0, margin), min(stop, margin + h)
+        if hi > lo:
+            write(lo - margin, band[lo - band_y0 : hi - band_y0, margin : margin + w])
+        done = stop - band_y0
+        band[: py.size - done] = band[done:]
+        band[py.size - done :] = 0.0
+        band_y0 = stop
+
+    total = len(py.origins) * len(px.origins)
+    n = 0
+    for ky, y0 in enumerate(py.origins):
+        if y0 > band_y0:
+            emit(y0)
+        rows = reflect_index(y0, y0 + py.size, h, margin)
+        for kx, x0 in enumerate(px.origins):
+            n += 1
+            patch = read(rows, cols[kx])
+            batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
+            result = (last_fn if (last_fn is not None and n == total) else fn)(batch)
+            if result.shape != (1, out_channels, py.size, px.size):
+                raise ValueError(
+                    f"network returned shape {result.shape} for a tile of {batch.shape}"
+                )
+            weight = wy[ky][:, None] * wx[kx][None, :]
+            region = band[:, x0 : x0 + px.size]
+            region += result[0].transpose(1, 2, 0) * weight[:, :, None]
+            if progress is not None:
+                progress(n, total)
+    emit(band_y0 + py.size)
 
 
 def run_tiled(
@@ -124,7 +215,8 @@ def run_tiled(
     progress: Callable[[int, int], None] | None = None,
     last_fn: TileFn | None = None,
 ) -> np.ndarray:
-    """Apply ``fn`` to an image tile by tile and blend the results.
+    """Apply ``fn`` to an in-memory image tile by tile and blend the results
+    (:func:`run_tiled_stream` reading from and writing to arrays).
 
     Args:
         image: (h, w, C) float32 network input (packed, amplified).
@@ -142,29 +234,28 @@ def run_tiled(
         (h, w, C') float32 network output.
     """
     h, w, c = image.shape
-    c_out = out_channels or c
-    if margin is None:
-        margin = _round_up(overlap // 2, multiple) if overlap else 0
-    py = plan_axis(h, tile, overlap, multiple, margin)
-    px = plan_axis(w, tile, overlap, multiple, margin)
-    padded = pad_reflect(image, py, px)
-    out = np.zeros((py.padded, px.padded, c_out), dtype=np.float32)
-    wy = [axis_weight(py, k) for k in range(len(py.origins))]
-    wx = [axis_weight(px, k) for k in range(len(px.origins))]
-    total = len(py.origins) * len(px.origins)
-    for n, (ky, kx, y0, x0) in enumerate(iter_tiles(py, px), start=1):
-        patch = padded[y0 : y0 + py.size, x0 : x0 + px.size]
-        batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None])
-        result = (last_fn if (last_fn is not None and n == total) else fn)(batch)
-        if result.shape != (1, c_out, py.size, px.size):
-            raise ValueError(f"network returned shape {result.shape} for a tile of {batch.shape}")
-        weight = wy[ky][:, None] * wx[kx][None, :]
-        region = out[y0 : y0 + py.size, x0 : x0 + px.size]
-        region += result[0].transpose(1, 2, 0) * weight[:, :, None]
-        if progress is not None:
-            progress(n, total)
-    # A view, not a copy: the caller clips and converts it, and a copy would cost a frame.
-    return out[py.margin : py.margin + h, px.margin : px.margin + w]
+    out = np.empty((h, w, out_channels or c), dtype=np.float32)
+
+    def read(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return image[np.ix_(rows, cols)]
+
+    def write(row0: int, rows: np.ndarray) -> None:
+        out[row0 : row0 + rows.shape[0]] = rows
+
+    run_tiled_stream(
+        (h, w),
+        read,
+        fn,
+        write,
+        tile=tile,
+        overlap=overlap,
+        multiple=multiple,
+        out_channels=out_channels or c,
+        margin=margin,
+        progress=progress,
+        last_fn=last_fn,
+    )
+    return out
 
 
 def run_whole(image: np.ndarray, fn: TileFn, *, multiple: int = 16, margin: int = 32) -> np.ndarray:
