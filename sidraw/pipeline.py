@@ -22,14 +22,14 @@ from . import __version__, metadata
 from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
 from .errors import CorruptFileError, MetadataError, OutputError
-from .exposure import DEFAULT_MAX_RATIO, RatioDecision, amplify, choose_ratio
+from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .model import Device, ModelCache, Network
-from .mosaic import denormalise_packed, normalise_packed, pack, unpack
+from .mosaic import pack, unpack
 from .output import ImageFormat, check_target, write_atomic, write_image
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
-from .render import render
-from .tiling import DEFAULT_TILE, run_tiled
+from .render import load_mosaic, render
+from .tiling import DEFAULT_TILE, run_tiled_stream
 
 
 @dataclass(frozen=True)
@@ -111,44 +111,80 @@ def denoise(
     t = timings if timings is not None else {}
     start = time.perf_counter()
     info = raw.info
-    network.check_layout(info.layout, info.path)
+    layout = info.layout
+    network.check_layout(layout, info.path)
     if options.target_exposure is not None and info.exif.exposure_time is None:
         raise MetadataError("no EXIF exposure time, so --target-exposure cannot work", info.path)
-    packed = normalise_packed(pack(raw.mosaic, info.layout), info.layout, info.black, info.white)
+    # The packed mosaic stays uint16 (2 bytes a photosite); tiles are normalised and amplified
+    # as the network reads them, and finished rows are written back as uint16, so no float
+    # copy of the frame is ever held.
+    packed = pack(raw.mosaic, layout)
+    h, w, channels = packed.shape
+    levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))
+    span = np.float32(info.white) - levels
+    scale = (1.0 / span).astype(np.float32)
+    types = layout.types
+
+    def normalised(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        v = packed[np.ix_(rows, cols)].astype(np.float32)
+        at = np.ix_(rows % types, cols % types)
+        v -= levels[at]
+        v *= scale[at]
+        return v
+
+    every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough for the statistic
     decision = choose_ratio(
-        packed,
+        normalised(np.arange(0, h, every), np.arange(w)) if options.ratio is None else None,
         ratio=options.ratio,
         target_exposure=options.target_exposure,
         exposure_time=info.exif.exposure_time,
         max_ratio=options.max_ratio,
     )
-    x = amplify(packed, decision.ratio, out=packed)
+    ratio = np.float32(decision.ratio)
     lo, hi = network.card.input_clip
-    if (lo, hi) != (-1.0, 1.0):
-        np.clip(x, lo, hi, out=x)
-    t["pack"] = time.perf_counter() - start
 
+    def network_input(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        x = normalised(rows, cols)
+        x *= ratio
+        np.clip(x, -1.0, 1.0, out=x)
+        if (lo, hi) != (-1.0, 1.0):
+            np.clip(x, lo, hi, out=x)
+        return x
+
+    clean = np.empty_like(packed)
+    all_cols = np.arange(w)
+
+    def take_rows(row0: int, rows: np.ndarray) -> None:
+        index = np.arange(row0, row0 + rows.shape[0])
+        y = np.clip(rows, 0.0, 1.0)
+        # Photosites clipped in every channel are blown highlights: make them exactly white so
+        # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
+        y[np.all(network_input(index, all_cols) >= hi, axis=2)] = 1.0
+        at = np.ix_(index % types, all_cols % types)
+        y *= span[at]
+        y += levels[at]
+        np.clip(y, 0, info.white, out=y)
+        np.rint(y, out=y)
+        clean[row0 : row0 + rows.shape[0]] = y
+
+    t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
-    y = run_tiled(
-        x,
+    run_tiled_stream(
+        (h, w),
+        network_input,
         network,
+        take_rows,
         tile=options.tile,
         overlap=options.overlap if options.overlap is not None else network.card.overlap,
         multiple=network.card.downsample,
+        out_channels=channels,
         progress=progress,
         last_fn=network.release_after,
     )
     t["inference"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    np.clip(y, 0.0, 1.0, out=y)
-    # Photosites clipped in every channel are blown highlights: make them exactly white so that
-    # LibRaw's highlight clipping renders them neutral instead of tinted by the white balance.
-    blown = np.all(x >= hi, axis=2)
-    y[blown] = 1.0
-    mosaic = unpack(
-        denormalise_packed(y, info.layout, info.black, info.white), info.layout, raw.mosaic.shape
-    )
+    packed = np.empty((0, 0, 0), np.uint16)  # frees the input (the closures above hold it)
+    mosaic = unpack(clean, layout, raw.mosaic.shape)
     t["pack"] += time.perf_counter() - start
     return mosaic, decision
 
@@ -167,8 +203,10 @@ class _Rendered:
     preview: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _render_stage(raw: RawFile, mosaic: np.ndarray, opts: ConvertOptions) -> _Rendered:
+def _render_stage(raw: RawFile, mosaic: np.ndarray | None, opts: ConvertOptions) -> _Rendered:
+    """Render ``mosaic`` (None: the pixels already in the LibRaw buffer), or keep it for DNG."""
     if opts.fmt == "dng":
+        assert mosaic is not None
         return _Rendered(None, (mosaic, _dng_metadata(raw)), None)
     encoding = encoding_for(opts.color_space, opts.linear)
     return _Rendered(render(raw.handle, mosaic, encoding=encoding), None, encoding)
@@ -308,6 +346,10 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
     start = time.perf_counter()
     with _render_errors(src_name):
         naive = naive_mosaic(raw, decision.ratio) if opts.preview else None
+        if naive is None and opts.fmt != "dng":
+            # Handed to LibRaw's buffer and dropped: the render then holds one frame less.
+            load_mosaic(raw.handle, mosaic)
+            mosaic = None
         rendered = _render_stage(raw, mosaic, opts)
         if naive is not None:
             # Full-size renders: LibRaw's half-size mode changes the visible raw buffer's shape.

@@ -47,6 +47,19 @@ _LIBRAW_SPACE = {
 }
 
 
+def load_mosaic(raw: rawpy.RawPy, mosaic: np.ndarray) -> None:
+    """Replace the photosites of an open raw file (LibRaw renders from this buffer).
+
+    Args:
+        raw: an open rawpy file.
+        mosaic: (H, W) uint16 DN with black level included, the shape of ``raw.raw_image_visible``.
+    """
+    visible = raw.raw_image_visible
+    if mosaic.shape != visible.shape:
+        raise ValueError(f"mosaic shape {mosaic.shape} differs from the raw's {visible.shape}")
+    visible[...] = mosaic
+
+
 def render(
     raw: rawpy.RawPy,
     mosaic: np.ndarray | None = None,
@@ -67,10 +80,7 @@ def render(
         (H', W', 3) uint16 RGB, oriented as the camera recorded (LibRaw applies the flip).
     """
     if mosaic is not None:
-        visible = raw.raw_image_visible
-        if mosaic.shape != visible.shape:
-            raise ValueError(f"mosaic shape {mosaic.shape} differs from the raw's {visible.shape}")
-        visible[...] = mosaic
+        load_mosaic(raw, mosaic)
     pattern = raw.raw_pattern
     xtrans = pattern is not None and pattern.shape[0] == 6
     params = render_params(encoding or encoding_for("srgb"), half_size=half_size, xtrans=xtrans)
