@@ -310,8 +310,21 @@ def test_preview_and_compare(tmp_path: Path, models_dir: Path, make_dng) -> None
 
 
 def test_shell_completion() -> None:
-    res = cli("--show-completion", "bash")
-    assert res.exit_code == 0 and "complete" in res.output and "sidraw" in res.output
+    """Completion answers through click's protocol (what the installed shell script calls), so the
+    test does not depend on detecting the shell that runs pytest."""
+
+    def complete(words: str) -> list[str]:
+        env = {
+            "_SIDRAW_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        res = runner.invoke(app, [], env=env, prog_name="sidraw")
+        assert res.exit_code == 0, res.output
+        return res.output.split()
+
+    assert complete("sidraw conv") == ["convert"]
+    assert "--color-space" in complete("sidraw convert --col")
 
 
 def test_doctor_json() -> None:
