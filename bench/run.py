@@ -40,6 +40,8 @@ from sidraw.mosaic import layout_from_letters  # noqa: E402
 from sidraw.sample import pattern_letters, write_sample  # noqa: E402
 
 RATIO = 100.0
+#: Files in the batch cases (links to the same frame).
+BATCH_FILES = 3
 STAGES = ("decode", "pack", "inference", "render", "write")
 TARGET_E2E_OVER_NETWORK = 1.4
 TARGET_NETWORK_OVER_FLOOR = 1.5
@@ -87,6 +89,7 @@ class Case:
         command: what runs in the subprocess.
         output: the file each run must produce (deleted before each run), or None.
         timing: ``"wall"`` (the whole process) or ``"report"`` (the ``seconds`` the child measured).
+        files: files the command converts; times are shown per file (wall time / files).
         runs: the successful runs.
         error: why the case stopped, if it failed.
     """
@@ -97,11 +100,13 @@ class Case:
     command: list[str]
     output: Path | None = None
     timing: str = "wall"
+    files: int = 1
     runs: list[Measurement] = field(default_factory=list)
     error: str = ""
 
     def value(self, m: Measurement) -> float:
-        return m.wall_s if self.timing == "wall" else float(m.report()["seconds"])
+        seconds = m.wall_s if self.timing == "wall" else float(m.report()["seconds"])
+        return seconds / self.files
 
     def values(self) -> list[float]:
         return [self.value(m) for m in self.runs]
@@ -243,6 +248,35 @@ def sidraw_cases(
     e2e_dir = out / f"{frame.key}-e2e"
     e2e_dir.mkdir(parents=True, exist_ok=True)
     common = ["--src", str(src), "--cfa", frame.cfa, "--ratio", str(RATIO), *model_opt, *tuning]
+    # A batch of BATCH_FILES links to the frame: per-file time with files overlapping (default)
+    # and one at a time (--serial).
+    batch_in = out / f"{frame.key}-batch-in"
+    batch_in.mkdir(parents=True, exist_ok=True)
+    for k in range(BATCH_FILES):
+        link = batch_in / f"{src.stem}-{k}{src.suffix}"
+        if not link.exists():
+            try:
+                os.link(src, link)
+            except OSError:
+                shutil.copyfile(src, link)
+    batch_cases = []
+    for key, label, extra in (
+        ("batch", f"sidraw convert, batch of {BATCH_FILES}, per file", []),
+        ("batch_serial", "... the same with --serial, per file", ["--serial"]),
+    ):
+        batch_out = out / f"{frame.key}-{key}"
+        batch_cases.append(
+            Case(
+                key,
+                label,
+                "sidraw",
+                [py, "-m", "sidraw", "convert", str(batch_in), "--out", str(batch_out),
+                 "--overwrite", "--ratio", str(RATIO), "--device", "cpu", "-q",
+                 *model_opt, *tuning, *extra],
+                output=batch_out / f"{src.stem}-{BATCH_FILES - 1}.tif",
+                files=BATCH_FILES,
+            )
+        )
     return [
         Case(
             "e2e",
@@ -290,6 +324,7 @@ def sidraw_cases(
             [py, worker, "network", *common, "--tile", str(args.tile)],
             timing="report",
         ),
+        *batch_cases,
     ]
 
 
@@ -614,6 +649,15 @@ def evaluate_targets(
             )
         else:
             add("e2e/network <= 1.4", frame.key, None, "not measured")
+        batch = cases.get("batch", {}).get("min_s")
+        if batch and net:
+            v = batch / net
+            add(
+                "batch per file/network <= 1.4",
+                frame.key,
+                v <= TARGET_E2E_OVER_NETWORK,
+                f"{batch:.2f} s / {net:.2f} s = {v:.2f}",
+            )
         if net and floor:
             v = net / floor
             add(
@@ -639,12 +683,13 @@ def evaluate_targets(
                 "rawtherapee not measured" if e2e else "sidraw not measured",
             )
         if frame.cfa == "xtrans":
-            rss = cases.get("e2e", {}).get("peak_rss_mb")
-            name = "peak RSS X-Trans < 1.5 GB" + (" (quick frame!)" if quick else "")
-            if rss:
-                add(name, frame.key, rss < TARGET_RSS_MB, f"{rss:.0f} MB")
-            else:
-                add(name, frame.key, None, "not measured")
+            for key, what in (("e2e", ""), ("batch", ", batch")):
+                rss = cases.get(key, {}).get("peak_rss_mb")
+                name = f"peak RSS X-Trans < 1.5 GB{what}" + (" (quick frame!)" if quick else "")
+                if rss:
+                    add(name, frame.key, rss < TARGET_RSS_MB, f"{rss:.0f} MB")
+                elif key == "e2e":
+                    add(name, frame.key, None, "not measured")
     return checks
 
 
