@@ -96,7 +96,16 @@ def test_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert stored["channels"] == ["R", "G", "G", "B"] and stored["downsample"] == 16
     assert stored["input_name"] == "input" and stored["output_name"] == "output"
     assert stored["normalisation"]["input_clip"] == [-1, 1]
-    assert (tmp_path / "sidraw-bayer.md").read_text().count(stored["sha256"]) == 1
+    assert (tmp_path / "sidraw-bayer.md").read_text().count(stored["sha256"]) >= 1
+    assert stored["training"]["steps_total"] == 4 and len(stored["training"]["runs"]) == 1
+
+    # A warm-started run keeps the runs behind the weights it started from.
+    second = write_cards(
+        tmp_path, "sidraw-bayer", "1", onnx_path, model, cfg, info, diff, previous=stored
+    )
+    assert [r["steps"] for r in second["training"]["runs"]] == [4, 4]
+    assert second["training"]["steps_total"] == 8
+    assert "All runs behind these weights: 8 steps" in (tmp_path / "sidraw-bayer.md").read_text()
 
     # The evaluation table goes into both cards; a stale sha256 is refused.
     from sidraw.train.cards import update_validation

@@ -80,9 +80,11 @@ def unprocess_description() -> dict[str, object]:
 def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
-    overlap: int | None = None, notes: str | None = None,
+    overlap: int | None = None, notes: str | None = None, previous: dict | None = None,
 ) -> dict[str, object]:
-    """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured)."""
+    """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured;
+    ``previous``: the card of the model this run was warm-started from, whose training is kept
+    as the first entries of ``training.runs``)."""
     ucfg = model.config
     block = 2 if cfg.cfa == "bayer" else 3
     hist = []
@@ -154,7 +156,29 @@ def build_card(
         },
         "validation": validation or {},
     }
+    training = card["training"]
+    assert isinstance(training, dict)
+    runs = list(previous_runs(previous)) if previous else []
+    runs.append(_run_summary(training, card["sha256"]))
+    training["runs"] = runs
+    training["steps_total"] = sum(int(r["steps"]) for r in runs)
+    training["train_hours_total"] = round(sum(float(r["train_hours"]) for r in runs), 2)
     return card
+
+
+def _run_summary(training: dict, sha256: object) -> dict[str, object]:
+    keys = ("steps", "train_hours", "threads", "device", "batch", "patch_sizes", "optimizer",
+            "init", "notes")
+    return {**{k: training.get(k) for k in keys}, "result_sha256": sha256}
+
+
+def previous_runs(card: dict) -> list[dict]:
+    """The training runs behind a card: its ``training.runs``, or its single run for cards
+    written before runs were listed."""
+    training = card.get("training", {})
+    if training.get("runs"):
+        return list(training["runs"])
+    return [_run_summary(training, card.get("sha256"))]
 
 
 def markdown_card(card: dict) -> str:
@@ -235,8 +259,22 @@ def markdown_card(card: dict) -> str:
         "## Training",
         "",
         f"- {t['loss']}; {t['optimizer']}; {t['precision']}; batch {t['batch']}.",
-        f"- {t['steps']} steps, {t['train_hours']} h on {t['threads']} CPU threads"
+        f"- This run: {t['steps']} steps, {t['train_hours']} h on {t['threads']} CPU threads"
         + (f", warm-started from `{t['init']}`" if t["init"] else "") + ".",
+        *(
+            [
+                f"- All runs behind these weights: {t['steps_total']} steps, "
+                f"{t['train_hours_total']} h:"
+            ]
+            + [
+                f"  {k + 1}. {r['steps']} steps, {r['train_hours']} h, batch {r['batch']}, "
+                + ", ".join(f"{p['packed_patch']} px" for p in r.get("patch_sizes") or [])
+                + (f" (from `{r['init']}`)" if r.get("init") else "")
+                for k, r in enumerate(t["runs"])
+            ]
+            if len(t.get("runs", [])) > 1
+            else []
+        ),
         "- Patch sizes: " + ", ".join(
             f"{p['packed_patch']} packed ({p['photosites']} photosites) from step {p['from_step']}"
             for p in t["patch_sizes"]) + ".",
@@ -268,11 +306,12 @@ def write_cards(
     out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
     history: str | None = None, overlap: int | None = None, notes: str | None = None,
+    previous: dict | None = None,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
         name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
-        overlap, notes,
+        overlap, notes, previous,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))

@@ -156,7 +156,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--speed", nargs="*", default=[], help="JSON-lines files of width speeds")
     ap.add_argument("--history", default=None, help="history.jsonl of the run(s)")
     ap.add_argument("--notes", default=None, help="free text on how the run went (card)")
+    ap.add_argument(
+        "--previous",
+        default=None,
+        help="JSON card of the model the run was warm-started from (keeps its training runs); "
+        "read before the new card replaces it",
+    )
+    ap.add_argument(
+        "--speed-from-previous",
+        action="store_true",
+        help="copy the widths-tried speed table from --previous instead of --speed files",
+    )
     a = ap.parse_args(argv)
+    previous = json.loads(Path(a.previous).read_text()) if a.previous else None
     model, cfg, info = model_from_checkpoint(a.checkpoint)
     out = Path(a.weights)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,10 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     speeds = []
     for s in a.speed:
         speeds += [json.loads(line) for line in Path(s).read_text().splitlines() if line.strip()]
+    if a.speed_from_previous and previous:
+        speeds = previous["architecture"]["speed_cpu"]["widths_tried"]
     write_cards(
         out, a.name, a.version, onnx_path, model, cfg, info, diff,
         validation=validation, speeds=speeds, history=a.history, overlap=overlap,
-        notes=a.notes,
+        notes=a.notes, previous=previous,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
 
