@@ -80,7 +80,7 @@ def eval_command(
         "runs/eval"
     ),
     images: Annotated[
-        int | None, typer.Option(help="Validation photos (default 12 Bayer, 4 X-Trans).")
+        int | None, typer.Option(help="Validation photos (default 24 Bayer, 4 X-Trans).")
     ] = None,
     data: Annotated[
         Path | None, typer.Option(help="Data folder holding clean/ (default ../shared/data).")
@@ -108,7 +108,7 @@ def eval_command(
             raise typer.BadParameter("give model files or --cfa")
         jobs.append((cfa, None))
     for kind, model in jobs:
-        n = images or (12 if kind == "bayer" else 4)
+        n = images or (24 if kind == "bayer" else 4)
         summary = evaluate(kind, model, out, str(data) if data else None, n, threads, typer.echo)
         if update_card and model is not None:
             from .train.cards import update_validation

@@ -286,7 +286,7 @@ def evaluate(
     model_path: str | Path | None,
     out: Path,
     data: str | None = None,
-    max_images: int = 12,
+    max_images: int = 24,
     threads: int = 2,
     log=print,
 ) -> dict:
@@ -385,14 +385,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/eval")
     ap.add_argument("--data", default=None)
     ap.add_argument(
-        "--images", type=int, default=None, help="validation photos (12 Bayer, 4 X-Trans)"
+        "--images", type=int, default=None, help="validation photos (24 Bayer, 4 X-Trans)"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--update-card", action="store_true", help="write the table into the model's cards"
     )
     a = ap.parse_args(argv)
-    images = a.images or (12 if a.cfa == "bayer" else 4)
+    images = a.images or (24 if a.cfa == "bayer" else 4)
     s = evaluate(a.cfa, a.model, Path(a.out), a.data, images, a.threads)
     if a.update_card and a.model:
         from .cards import update_validation
