@@ -125,11 +125,28 @@ def denoise(
     scale = (1.0 / span).astype(np.float32)
     types = layout.types
 
+    def by_position(v: np.ndarray, row0: int, col0: int, op: Callable[..., object]) -> None:
+        """Apply ``op(view, position)`` to each block-type view of ``v``, whose first element is
+        packed pixel (row0, col0); position is (ti, tj) into ``levels``."""
+        for ti in range(types):
+            for tj in range(types):
+                op(v[ti::types, tj::types], ((row0 + ti) % types, (col0 + tj) % types))
+
     def normalised(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        v = packed[np.ix_(rows, cols)].astype(np.float32)
-        at = np.ix_(rows % types, cols % types)
-        v -= levels[at]
-        v *= scale[at]
+        rs, cs = _as_slice(rows), _as_slice(cols)
+        if rs is None or cs is None:  # reflected border tiles: gather, per-element levels
+            v = packed[np.ix_(rows, cols)].astype(np.float32)
+            at = np.ix_(rows % types, cols % types)
+            v -= levels[at]
+            v *= scale[at]
+            return v
+        v = packed[rs, cs].astype(np.float32)
+
+        def norm(view: np.ndarray, pos: tuple[int, int]) -> None:
+            view -= levels[pos]
+            view *= scale[pos]
+
+        by_position(v, rs.start, cs.start, norm)
         return v
 
     every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough for the statistic
@@ -160,9 +177,12 @@ def denoise(
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
         y[np.all(network_input(index, all_cols) >= hi, axis=2)] = 1.0
-        at = np.ix_(index % types, all_cols % types)
-        y *= span[at]
-        y += levels[at]
+
+        def denorm(view: np.ndarray, pos: tuple[int, int]) -> None:
+            view *= span[pos]
+            view += levels[pos]
+
+        by_position(y, row0, 0, denorm)
         np.clip(y, 0, info.white, out=y)
         np.rint(y, out=y)
         clean[row0 : row0 + rows.shape[0]] = y
@@ -187,6 +207,15 @@ def denoise(
     mosaic = unpack(clean, layout, raw.mosaic.shape)
     t["pack"] += time.perf_counter() - start
     return mosaic, decision
+
+
+def _as_slice(index: np.ndarray) -> slice | None:
+    """The slice equal to an index array of consecutive integers, else None."""
+    if index.size == 0 or int(index[-1]) - int(index[0]) + 1 != index.size:
+        return None
+    if index.size > 1 and not bool(np.all(np.diff(index) == 1)):
+        return None
+    return slice(int(index[0]), int(index[-1]) + 1)
 
 
 @dataclass
