@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,11 @@ class SidrawRecord:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# Batches read one file's metadata while another thread writes the previous output's; exiv2 (its
+# XMP toolkit above all) is not documented as safe for that, so every call into it takes turns.
+_EXIV2_LOCK = threading.RLock()
+
+
 def _register_namespace() -> None:
     with contextlib.suppress(exiv2.Exiv2Error):  # already registered in this process
         exiv2.XmpProperties.registerNs(XMP_NAMESPACE, XMP_PREFIX)
@@ -79,18 +85,24 @@ def _register_namespace() -> None:
 
 def read_source(data: bytes) -> exiv2.ExifData | None:
     """EXIF of a raw file's bytes (None when exiv2 cannot read the format)."""
-    try:
-        image = exiv2.ImageFactory.open(data)
-        image.readMetadata()
-    except exiv2.Exiv2Error:
-        return None
-    return image.exifData()
+    with _EXIV2_LOCK:
+        try:
+            image = exiv2.ImageFactory.open(data)
+            image.readMetadata()
+        except exiv2.Exiv2Error:
+            return None
+        return image.exifData()
 
 
 def select_tags(source: exiv2.ExifData | None, *, strip_gps: bool = False) -> dict[str, Any]:
     """The tags to carry over: key -> exiv2 value, IFD0 exposure tags moved to the Exif IFD."""
     if source is None:
         return {}
+    with _EXIV2_LOCK:
+        return _select(source, strip_gps)
+
+
+def _select(source: exiv2.ExifData, strip_gps: bool) -> dict[str, Any]:
     wanted = {f"Exif.Image.{t}" for t in _COPY_IMAGE} | {f"Exif.Photo.{t}" for t in _COPY_PHOTO}
     tags: dict[str, Any] = {}
     for datum in source:
@@ -115,11 +127,12 @@ def apply(
 
     Arguments as for :func:`apply_to_file`.
     """
-    image = exiv2.ImageFactory.open(encoded)
-    _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
-    io = image.io()
-    with io.mmap() as view:
-        return bytes(view)
+    with _EXIV2_LOCK:
+        image = exiv2.ImageFactory.open(encoded)
+        _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
+        io = image.io()
+        with io.mmap() as view:
+            return bytes(view)
 
 
 def apply_to_file(
@@ -139,8 +152,9 @@ def apply_to_file(
         icc: ICC profile to embed (None: none).
         orientation: value of the Orientation tag (None: leave as the tags say).
     """
-    image = exiv2.ImageFactory.open(os.fspath(path))
-    _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
+    with _EXIV2_LOCK:
+        image = exiv2.ImageFactory.open(os.fspath(path))
+        _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
 
 
 def _update(
