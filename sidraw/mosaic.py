@@ -270,15 +270,21 @@ def unpack(packed: np.ndarray, layout: Layout, shape: tuple[int, int]) -> np.nda
 
 
 def normalise_packed(
-    packed: np.ndarray, layout: Layout, black: np.ndarray, white: float
+    packed: np.ndarray,
+    layout: Layout,
+    black: np.ndarray,
+    white: float,
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Black-subtract and scale packed photosite values.
 
     Args:
-        packed: (h, w, C) raw values (integer DN) from :func:`pack`.
+        packed: (h, w, C) raw values (integer DN) from :func:`pack`, or a window of them.
         layout: its layout.
         black: (P, P) black level of each CFA position in DN.
         white: white (saturation) level in DN.
+        origin: (row, col) of ``packed[0, 0]`` in the whole packed image (a window's block types
+            depend on where it starts).
 
     Returns:
         (h, w, C) float32, 0 at black and 1 at white; values below black stay negative.
@@ -288,7 +294,7 @@ def normalise_packed(
     t = layout.types
     for ti in range(t):
         for tj in range(t):
-            lv = levels[ti, tj]
+            lv = levels[(origin[0] + ti) % t, (origin[1] + tj) % t]
             view = out[ti::t, tj::t]
             view -= lv
             view *= 1.0 / (np.float32(white) - lv)
@@ -296,12 +302,17 @@ def normalise_packed(
 
 
 def denormalise_packed(
-    packed: np.ndarray, layout: Layout, black: np.ndarray, white: float
+    packed: np.ndarray,
+    layout: Layout,
+    black: np.ndarray,
+    white: float,
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Inverse of :func:`normalise_packed`, clipped to the valid range and rounded.
 
     Args:
         packed: (h, w, C) float32, 0 at black and 1 at white.
+        origin: as for :func:`normalise_packed`.
 
     Returns:
         (h, w, C) uint16 DN in ``[0, white]``.
@@ -311,7 +322,7 @@ def denormalise_packed(
     t = layout.types
     for ti in range(t):
         for tj in range(t):
-            lv = levels[ti, tj]
+            lv = levels[(origin[0] + ti) % t, (origin[1] + tj) % t]
             np.multiply(packed[ti::t, tj::t], np.float32(white) - lv, out=out[ti::t, tj::t])
             out[ti::t, tj::t] += lv
     np.clip(out, 0, white, out=out)

@@ -24,7 +24,7 @@ from .dng import DngMetadata, write_dng
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .model import Device, ModelCache, Network
-from .mosaic import pack, unpack
+from .mosaic import denormalise_packed, normalise_packed, pack, unpack
 from .output import ImageFormat, check_target, write_atomic, write_image
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
@@ -120,33 +120,23 @@ def denoise(
     # copy of the frame is ever held.
     packed = pack(raw.mosaic, layout)
     h, w, channels = packed.shape
-    levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))
-    span = np.float32(info.white) - levels
-    scale = (1.0 / span).astype(np.float32)
+    black = np.asarray(info.black, dtype=np.float32)
+    # Per-element levels, only for windows that are not rectangles of the image (reflected
+    # border tiles, the row sample of the ratio statistic).
+    levels = layout.channel_map(black)
+    scale = (1.0 / (np.float32(info.white) - levels)).astype(np.float32)
     types = layout.types
-
-    def by_position(v: np.ndarray, row0: int, col0: int, op: Callable[..., object]) -> None:
-        """Apply ``op(view, position)`` to each block-type view of ``v``, whose first element is
-        packed pixel (row0, col0); position is (ti, tj) into ``levels``."""
-        for ti in range(types):
-            for tj in range(types):
-                op(v[ti::types, tj::types], ((row0 + ti) % types, (col0 + tj) % types))
 
     def normalised(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         rs, cs = _as_slice(rows), _as_slice(cols)
-        if rs is None or cs is None:  # reflected border tiles: gather, per-element levels
-            v = packed[np.ix_(rows, cols)].astype(np.float32)
-            at = np.ix_(rows % types, cols % types)
-            v -= levels[at]
-            v *= scale[at]
-            return v
-        v = packed[rs, cs].astype(np.float32)
-
-        def norm(view: np.ndarray, pos: tuple[int, int]) -> None:
-            view -= levels[pos]
-            view *= scale[pos]
-
-        by_position(v, rs.start, cs.start, norm)
+        if rs is not None and cs is not None:
+            return normalise_packed(
+                packed[rs, cs], layout, black, info.white, origin=(rs.start, cs.start)
+            )
+        v = packed[np.ix_(rows, cols)].astype(np.float32)
+        at = np.ix_(rows % types, cols % types)
+        v -= levels[at]
+        v *= scale[at]
         return v
 
     every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough for the statistic
@@ -177,15 +167,9 @@ def denoise(
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
         y[np.all(network_input(index, all_cols) >= hi, axis=2)] = 1.0
-
-        def denorm(view: np.ndarray, pos: tuple[int, int]) -> None:
-            view *= span[pos]
-            view += levels[pos]
-
-        by_position(y, row0, 0, denorm)
-        np.clip(y, 0, info.white, out=y)
-        np.rint(y, out=y)
-        clean[row0 : row0 + rows.shape[0]] = y
+        clean[row0 : row0 + rows.shape[0]] = denormalise_packed(
+            y, layout, black, info.white, origin=(row0, 0)
+        )
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -293,13 +277,14 @@ class PreparedFile:
         opts: ConvertOptions,
         stack: ExitStack,
         raw: RawFile,
+        t0: float,
     ) -> None:
         self.src_name = src_name
         self.dst = dst
         self.opts = opts
         self.raw = raw
         self.timings: dict[str, float] = {}
-        self.t0 = time.perf_counter()
+        self.t0 = t0
         self.tags: dict[str, Any] = {}
         self.network: Network | None = None
         self.mosaic: np.ndarray | None = None
@@ -337,14 +322,14 @@ def prepare_file(
     stack = ExitStack()
     try:
         raw = stack.enter_context(open_raw(src_name, data))
-        prepared = PreparedFile(src_name, dst, opts, stack, raw)
-        prepared.t0 = t0
+        prepared = PreparedFile(src_name, dst, opts, stack, raw, t0)
         prepared.timings["decode"] = time.perf_counter() - t0
         with _render_errors(src_name):
             prepared.tags = metadata.select_tags(
                 metadata.read_source(raw.data), strip_gps=opts.strip_gps
             )
-            raw.data = b""  # the file's bytes are not needed any more: free them before inference
+            # sidraw needs the file's bytes no more (rawpy keeps its own reference until close).
+            raw.data = b""
             prepared.network = cache.get(raw.info.layout.kind)
             prepared.mosaic, prepared.decision = denoise(
                 raw, prepared.network, opts, progress=progress, timings=prepared.timings

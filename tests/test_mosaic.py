@@ -97,3 +97,21 @@ def test_denormalise_clips() -> None:
     packed[0, 0] = -1
     out = denormalise_packed(packed, layout, np.full((2, 2), 64.0), 4095)
     assert out.max() == 4095 and out.min() == 0
+
+
+def test_normalising_a_window_matches_the_whole_image() -> None:
+    """A window starting at an odd block (X-Trans has two block types per axis) must use the
+    levels of where it sits in the image, not of its own first element."""
+    from sidraw.sample import pattern_letters
+
+    layout = layout_from_letters(pattern_letters("xtrans"))
+    black = np.arange(36, dtype=np.float32).reshape(6, 6) + 500
+    rng = np.random.default_rng(3)
+    mosaic = rng.integers(500, 4000, size=(60, 90)).astype(np.uint16)
+    packed = pack(mosaic, layout)
+    whole = normalise_packed(packed, layout, black, 4095)
+    window = normalise_packed(packed[3:15, 5:20], layout, black, 4095, origin=(3, 5))
+    np.testing.assert_array_equal(window, whole[3:15, 5:20])
+    back = denormalise_packed(window, layout, black, 4095, origin=(3, 5))
+    np.testing.assert_array_equal(back, packed[3:15, 5:20])
+    assert not np.array_equal(normalise_packed(packed[3:15, 5:20], layout, black, 4095), window)
