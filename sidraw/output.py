@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import stat
 import tempfile
@@ -70,13 +69,6 @@ def write_image(target: BinaryIO, rgb: np.ndarray, fmt: ImageFormat) -> None:
         write_png(target, rgb)
     else:
         raise ValueError(f"unknown image format {fmt!r}")
-
-
-def encode_image(rgb: np.ndarray, fmt: ImageFormat) -> bytes:
-    """:func:`write_image` into memory: the encoded file's bytes."""
-    buf = io.BytesIO()
-    write_image(buf, rgb, fmt)
-    return buf.getvalue()
 
 
 def _describe_os_error(exc: OSError) -> str:
