@@ -91,8 +91,8 @@ def write_dng(target: str | Path | BinaryIO, mosaic: np.ndarray, meta: DngMetada
         (50713, "H", 2, (p, p), True),  # BlackLevelRepeatDim
         (50714, "2I", p * p, _flat_rationals(black.ravel(), 100), True),  # BlackLevel
         (50717, "I", 1, int(meta.white), True),  # WhiteLevel
-        (50721, "2i", 9, _flat_rationals(meta.color_matrix), True),  # ColorMatrix1
-        (50728, "2I", 3, _flat_rationals(meta.as_shot_neutral), True),  # AsShotNeutral
+        (50721, "2i", 9, _flat_rationals(meta.color_matrix, 2**28), True),  # ColorMatrix1
+        (50728, "2I", 3, _flat_rationals(meta.as_shot_neutral, 2**28), True),  # AsShotNeutral
         (50778, "H", 1, 21, True),  # CalibrationIlluminant1: D65
         (274, "H", 1, int(meta.orientation), True),  # Orientation
     ]

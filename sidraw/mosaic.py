@@ -244,6 +244,64 @@ def pack(mosaic: np.ndarray, layout: Layout) -> np.ndarray:
     return layout._pack_blocks(_padded(mosaic, layout))
 
 
+def pack_rows(mosaic: np.ndarray, layout: Layout, rows: np.ndarray) -> np.ndarray:
+    """Some rows of the packed image, without packing the whole mosaic.
+
+    Args:
+        mosaic: (H, W) array of photosite values, as for :func:`pack`.
+        layout: the file's :class:`Layout`.
+        rows: (n,) int indices of packed rows, in any order (e.g. reflected at a border).
+
+    Returns:
+        (n, w, C) array of ``mosaic.dtype``, equal to ``pack(mosaic, layout)[rows]``.
+    """
+    h, w = mosaic.shape
+    p, b, t = layout.period, layout.block, layout.types
+    hp, wp = layout._padded_size((h, w))
+    rows = np.asarray(rows, dtype=np.intp)
+    src_rows = _pad_index(h, layout.offset[0], hp, p).reshape(-1, b)[rows].ravel()
+    src_cols = _pad_index(w, layout.offset[1], wp, p)
+    n, wq = rows.size, wp // b
+    gathered = mosaic[src_rows] if wp == w else mosaic[np.ix_(src_rows, src_cols)]
+    blocks = gathered.reshape(n, b, wq, b).transpose(0, 2, 1, 3).reshape(n, wq, b * b)
+    out = np.empty((n, wq, layout.channels), dtype=mosaic.dtype)
+    for ti in range(t):
+        pick = np.flatnonzero(rows % t == ti)
+        for tj in range(t):
+            out[pick, tj::t] = blocks[pick, tj::t][..., layout.index[ti, tj]]
+    return out
+
+
+def unpack_rows_into(
+    mosaic: np.ndarray, packed_rows: np.ndarray, layout: Layout, row0: int
+) -> None:
+    """Write consecutive packed rows back into their place in a mosaic (the inverse of
+    :func:`pack_rows`; photosites that packing padded in are dropped).
+
+    Args:
+        mosaic: (H, W) array to write into (e.g. LibRaw's raw buffer).
+        packed_rows: (n, w, C) packed rows ``row0 .. row0 + n - 1``.
+        layout: the layout used to pack them.
+        row0: index of the first packed row.
+    """
+    h, w = mosaic.shape
+    b, t = layout.block, layout.types
+    n, wq, _ = packed_rows.shape
+    if wq != layout.packed_shape((h, w))[1]:
+        raise ValueError(f"packed width {wq} does not match a mosaic {w} wide")
+    blocks = np.empty((n, wq, b * b), dtype=packed_rows.dtype)
+    for ti in range(t):
+        first = (ti - row0) % t
+        for tj in range(t):
+            blocks[first::t, tj::t][..., layout.index[ti, tj]] = packed_rows[first::t, tj::t]
+    padded = blocks.reshape(n, wq, b, b).transpose(0, 2, 1, 3).reshape(n * b, wq * b)
+    oy, ox = layout.offset
+    top = row0 * b - oy  # mosaic row of padded[0]
+    lo, hi = max(top, 0), min(top + n * b, h)
+    if hi > lo:
+        mosaic[lo:hi] = padded[lo - top : hi - top, ox : ox + w]
+
+
 def unpack(packed: np.ndarray, layout: Layout, shape: tuple[int, int]) -> np.ndarray:
     """Inverse of :func:`pack`.
 

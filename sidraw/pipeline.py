@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,12 +24,12 @@ from .dng import DngMetadata, write_dng
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .model import Device, ModelCache, Network
-from .mosaic import denormalise_packed, normalise_packed, pack, unpack
-from .output import ImageFormat, check_target, write_atomic, write_image
+from .mosaic import denormalise_packed, normalise_packed, pack_rows, unpack_rows_into
+from .output import ImageFormat, check_target, write_atomic, write_image_strips
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
-from .render import load_mosaic, render
-from .tiling import DEFAULT_TILE, run_tiled_stream
+from .render import Strips, render, render_strips
+from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 
 
 @dataclass(frozen=True)
@@ -100,53 +100,68 @@ def denoise(
     network: Network,
     options: ConvertOptions,
     *,
+    out: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, RatioDecision]:
     """Denoise and brighten the mosaic of an open raw file.
 
+    Args:
+        raw: the open file.
+        network: the model for its CFA.
+        options: ratio settings, tile and overlap.
+        out: (H, W) uint16 array that receives the clean mosaic; it may be ``raw.mosaic``
+            itself (LibRaw's buffer, then rendered in place): rows are overwritten only after the
+            last tile that reads them. None allocates a new array.
+        progress: called with ``(tiles done, tiles total)``.
+        timings: receives the seconds of the ``pack`` and ``inference`` stages.
+
     Returns:
-        ((H, W) uint16 clean mosaic in DN with the file's black level, the ratio decision).
+        ((H, W) uint16 clean mosaic in DN with the file's black level (``out``), the ratio
+        decision).
     """
     t = timings if timings is not None else {}
     start = time.perf_counter()
     info = raw.info
     layout = info.layout
     network.check_layout(layout, info.path)
-    if options.target_exposure is not None and info.exif.exposure_time is None:
-        raise MetadataError("no EXIF exposure time, so --target-exposure cannot work", info.path)
-    # The packed mosaic stays uint16 (2 bytes a photosite); tiles are normalised and amplified
-    # as the network reads them, and finished rows are written back as uint16, so no float
-    # copy of the frame is ever held.
-    packed = pack(raw.mosaic, layout)
-    h, w, channels = packed.shape
+    source = raw.mosaic
+    target = np.empty_like(source) if out is None else out
+    if target.shape != source.shape or target.dtype != np.uint16:
+        raise ValueError(f"out must be {source.shape} uint16, got {target.shape} {target.dtype}")
+    # Tiles are packed from the mosaic one band of rows at a time (2 bytes a photosite, uint16),
+    # normalised and amplified as the network reads them; finished rows go straight back into
+    # ``target`` as uint16. No packed, float or second copy of the frame is ever held.
+    h, w, channels = layout.packed_shape(source.shape)
     black = np.asarray(info.black, dtype=np.float32)
     # Per-element levels, only for windows that are not rectangles of the image (reflected
     # border tiles, the row sample of the ratio statistic).
     levels = layout.channel_map(black)
     scale = (1.0 / (np.float32(info.white) - levels)).astype(np.float32)
     types = layout.types
+    band: dict[str, np.ndarray] = {}
+
+    def packed_rows(rows: np.ndarray) -> np.ndarray:
+        # Every tile of a tile row reads the same rows: pack them once.
+        cached = band.get("rows")
+        if cached is None or not np.array_equal(cached, rows):
+            band["rows"], band["values"] = rows.copy(), pack_rows(source, layout, rows)
+        return band["values"]
 
     def normalised(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        values = packed_rows(rows)
         rs, cs = _as_slice(rows), _as_slice(cols)
         if rs is not None and cs is not None:
             return normalise_packed(
-                packed[rs, cs], layout, black, info.white, origin=(rs.start, cs.start)
+                values[:, cs], layout, black, info.white, origin=(rs.start, cs.start)
             )
-        v = packed[np.ix_(rows, cols)].astype(np.float32)
+        v = values[:, cols].astype(np.float32)
         at = np.ix_(rows % types, cols % types)
         v -= levels[at]
         v *= scale[at]
         return v
 
-    every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough for the statistic
-    decision = choose_ratio(
-        normalised(np.arange(0, h, every), np.arange(w)) if options.ratio is None else None,
-        ratio=options.ratio,
-        target_exposure=options.target_exposure,
-        exposure_time=info.exif.exposure_time,
-        max_ratio=options.max_ratio,
-    )
+    decision = choose_file_ratio(raw, options)
     ratio = np.float32(decision.ratio)
     lo, hi = network.card.input_clip
 
@@ -158,8 +173,15 @@ def denoise(
             np.clip(x, lo, hi, out=x)
         return x
 
-    clean = np.empty_like(packed)
     all_cols = np.arange(w)
+    tile = options.tile
+    overlap = options.overlap if options.overlap is not None else network.card.overlap
+    multiple = network.card.downsample
+    # Rows are handed over when no later tile row reads them, except the bottom rows that the
+    # last tile row reflects (and the bottom padding of the CFA blocks, one period up): those
+    # are kept aside until the end, so that writing into the source buffer is safe.
+    keep_from = min(stream_reread_start(h, tile, overlap, multiple), h - 2)
+    kept: list[tuple[int, np.ndarray]] = []
 
     def take_rows(row0: int, rows: np.ndarray) -> None:
         index = np.arange(row0, row0 + rows.shape[0])
@@ -167,9 +189,12 @@ def denoise(
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
         y[np.all(network_input(index, all_cols) >= hi, axis=2)] = 1.0
-        clean[row0 : row0 + rows.shape[0]] = denormalise_packed(
-            y, layout, black, info.white, origin=(row0, 0)
-        )
+        clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
+        now = max(0, min(keep_from - row0, clean.shape[0]))
+        if now:
+            unpack_rows_into(target, clean[:now], layout, row0)
+        if now < clean.shape[0]:
+            kept.append((row0 + now, clean[now:]))
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -178,19 +203,47 @@ def denoise(
         network_input,
         network,
         take_rows,
-        tile=options.tile,
-        overlap=options.overlap if options.overlap is not None else network.card.overlap,
-        multiple=network.card.downsample,
+        tile=tile,
+        overlap=overlap,
+        multiple=multiple,
         out_channels=channels,
         progress=progress,
         last_fn=network.release_after,
     )
+    for row0, clean in kept:
+        unpack_rows_into(target, clean, layout, row0)
+    band.clear()
     t["inference"] = time.perf_counter() - start
-    start = time.perf_counter()
-    packed = np.empty((0, 0, 0), np.uint16)  # frees the input (the closures above hold it)
-    mosaic = unpack(clean, layout, raw.mosaic.shape)
-    t["pack"] += time.perf_counter() - start
-    return mosaic, decision
+    return target, decision
+
+
+def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
+    """The amplification ratio of an open raw file under ``options`` (see :func:`choose_ratio`).
+
+    Raises:
+        MetadataError: ``--target-exposure`` is asked for but the file has no exposure time.
+    """
+    info = raw.info
+    if options.target_exposure is not None and info.exif.exposure_time is None:
+        raise MetadataError("no EXIF exposure time, so --target-exposure cannot work", info.path)
+    sample = None
+    if options.ratio is None:
+        layout = info.layout
+        h, w, channels = layout.packed_shape(raw.mosaic.shape)
+        every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough
+        rows = np.arange(0, h, every)
+        sample = pack_rows(raw.mosaic, layout, rows).astype(np.float32)
+        levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))
+        at = np.ix_(rows % layout.types, np.arange(w) % layout.types)
+        sample -= levels[at]
+        sample /= np.float32(info.white) - levels[at]
+    return choose_ratio(
+        sample,
+        ratio=options.ratio,
+        target_exposure=options.target_exposure,
+        exposure_time=info.exif.exposure_time,
+        max_ratio=options.max_ratio,
+    )
 
 
 def _as_slice(index: np.ndarray) -> slice | None:
@@ -204,33 +257,48 @@ def _as_slice(index: np.ndarray) -> slice | None:
 
 @dataclass
 class _Rendered:
-    """What leaves the LibRaw stage: the RGB image or, for DNG, the clean mosaic and its metadata.
+    """What leaves the LibRaw stage: RGB strips or, for DNG, the clean mosaic and its metadata.
 
-    The LibRaw handle (raw buffer and render buffers) is closed before the output is encoded, so
-    their memory is not held while the file is written.
+    Both may still read from the open LibRaw handle, which is closed once they are written.
     """
 
-    rgb: np.ndarray | None
+    strips: Strips | None
     dng: tuple[np.ndarray, DngMetadata] | None
     encoding: Encoding | None
     preview: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _render_stage(raw: RawFile, mosaic: np.ndarray | None, opts: ConvertOptions) -> _Rendered:
-    """Render ``mosaic`` (None: the pixels already in the LibRaw buffer), or keep it for DNG."""
+def _render_stage(raw: RawFile, naive: np.ndarray | None, opts: ConvertOptions) -> _Rendered:
+    """Render the clean mosaic in LibRaw's buffer (or keep it, for DNG output)."""
     if opts.fmt == "dng":
-        assert mosaic is not None
-        return _Rendered(None, (mosaic, _dng_metadata(raw)), None)
+        return _Rendered(None, (raw.mosaic, _dng_metadata(raw)), None)
     encoding = encoding_for(opts.color_space, opts.linear)
-    return _Rendered(render(raw.handle, mosaic, encoding=encoding), None, encoding)
+    if naive is None:
+        return _Rendered(render_strips(raw, encoding=encoding), None, encoding)
+    # A preview needs both whole frames (LibRaw's half-size mode changes the buffer's shape).
+    after = render(raw.handle, encoding=encoding)
+    before = render(raw.handle, naive)
+    strips = Strips((after.shape[0], after.shape[1]), iter([after]), banded=False)
+    return _Rendered(strips, None, encoding, preview=(before, after))
 
 
 def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat) -> None:
     if rendered.dng is not None:
         write_dng(f, *rendered.dng)
     else:
-        assert rendered.rgb is not None
-        write_image(f, rendered.rgb, fmt)
+        assert rendered.strips is not None
+        write_image_strips(f, rendered.strips.shape, rendered.strips.strips, fmt)
+
+
+def _timed(strips: Iterator[np.ndarray], timings: dict[str, float]) -> Iterator[np.ndarray]:
+    """Pass strips on, adding the time spent making them to ``timings["render"]``."""
+    while True:
+        start = time.perf_counter()
+        strip = next(strips, None)
+        timings["render"] = timings.get("render", 0.0) + time.perf_counter() - start
+        if strip is None:
+            return
+        yield strip
 
 
 def _dng_metadata(raw: RawFile) -> DngMetadata:
@@ -266,7 +334,8 @@ def _render_errors(name: str) -> Iterator[None]:
 class PreparedFile:
     """A file decoded and denoised, waiting to be rendered and written (:func:`finish_file`).
 
-    It holds the open LibRaw handle (the raw buffer LibRaw renders from) and the clean mosaic;
+    It holds the open LibRaw handle, whose raw buffer now holds the clean mosaic (and, for a
+    preview, the naively brightened mosaic);
     :func:`finish_file` releases them, and so does :meth:`close` for a file that is dropped.
     """
 
@@ -287,13 +356,13 @@ class PreparedFile:
         self.t0 = t0
         self.tags: dict[str, Any] = {}
         self.network: Network | None = None
-        self.mosaic: np.ndarray | None = None
+        self.naive: np.ndarray | None = None
         self.decision: RatioDecision | None = None
         self._stack = stack
 
     def close(self) -> None:
-        """Release the LibRaw handle and the mosaic (idempotent)."""
-        self.mosaic = None
+        """Release the LibRaw handle and the preview's mosaic (idempotent)."""
+        self.naive = None
         self._stack.close()
 
 
@@ -331,9 +400,23 @@ def prepare_file(
             # sidraw needs the file's bytes no more (rawpy keeps its own reference until close).
             raw.data = b""
             prepared.network = cache.get(raw.info.layout.kind)
-            prepared.mosaic, prepared.decision = denoise(
-                raw, prepared.network, opts, progress=progress, timings=prepared.timings
+            ratio_opts = opts
+            if opts.preview:
+                # The preview's "before" needs the noisy photosites that denoising overwrites;
+                # the ratio is chosen first so that both halves use the same one.
+                decision = choose_file_ratio(raw, opts)
+                prepared.naive = naive_mosaic(raw, decision.ratio)
+                ratio_opts = replace(opts, ratio=decision.ratio)
+            _, prepared.decision = denoise(
+                raw,
+                prepared.network,
+                ratio_opts,
+                out=raw.mosaic,
+                progress=progress,
+                timings=prepared.timings,
             )
+            if opts.preview:
+                prepared.decision = decision
     except BaseException:
         stack.close()
         raise
@@ -354,25 +437,19 @@ def finish_file(prepared: PreparedFile) -> ConvertResult:
 def _finish(prepared: PreparedFile) -> ConvertResult:
     opts, raw, src_name, dst = prepared.opts, prepared.raw, prepared.src_name, prepared.dst
     timings = prepared.timings
-    mosaic, decision, network = prepared.mosaic, prepared.decision, prepared.network
-    assert mosaic is not None and decision is not None and network is not None
-    prepared.mosaic = None
+    decision, network = prepared.decision, prepared.network
+    assert decision is not None and network is not None
     start = time.perf_counter()
+    timings["render"] = 0.0
     with _render_errors(src_name):
-        naive = naive_mosaic(raw, decision.ratio) if opts.preview else None
-        if naive is None and opts.fmt != "dng":
-            # Handed to LibRaw's buffer and dropped: the render then holds one frame less.
-            load_mosaic(raw.handle, mosaic)
-            mosaic = None
-        rendered = _render_stage(raw, mosaic, opts)
-        if naive is not None:
-            # Full-size renders: LibRaw's half-size mode changes the visible raw buffer's shape.
-            after = rendered.rgb if rendered.rgb is not None else render(raw.handle, mosaic)
-            rendered.preview = (render(raw.handle, naive), after)
-    del mosaic, naive
-    prepared.close()  # LibRaw's buffers are not needed while the output is encoded
-    timings["render"] = time.perf_counter() - start
+        rendered = _render_stage(raw, prepared.naive, opts)
+    prepared.naive = None
+    timings["render"] += time.perf_counter() - start
     start = time.perf_counter()
+    render_before = timings["render"]
+    if rendered.strips is not None:
+        # Bands are rendered as the writer asks for them: only one band is in memory at a time.
+        rendered.strips.strips = _timed(rendered.strips.strips, timings)
     record = metadata.SidrawRecord(
         ratio=decision.ratio,
         ratio_mode=decision.mode,
@@ -389,18 +466,22 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
 
     out_name: str | None
     if isinstance(dst, (str, os.PathLike)):
-        write_atomic(
-            Path(dst),
-            lambda f: _write_encoded(f, rendered, opts.fmt),
-            overwrite=opts.overwrite,
-            post=add_metadata,
-        )
+        with _render_errors(src_name):
+            write_atomic(
+                Path(dst),
+                lambda f: _write_encoded(f, rendered, opts.fmt),
+                overwrite=opts.overwrite,
+                post=add_metadata,
+            )
         out_name = os.fspath(dst)
+        prepared.close()
         if rendered.preview is not None:
             write_atomic(preview_path(Path(dst)), side_by_side(*rendered.preview), overwrite=True)
     else:
         buf = io.BytesIO()
-        _write_encoded(buf, rendered, opts.fmt)
+        with _render_errors(src_name):
+            _write_encoded(buf, rendered, opts.fmt)
+        prepared.close()
         encoded = metadata.apply(
             buf.getvalue(), tags=tags, record=record, icc=icc, orientation=orientation
         )
@@ -410,7 +491,7 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
         except OSError as exc:
             raise OutputError(f"cannot write the output stream ({exc})", "-") from None
         out_name = "-"
-    timings["write"] = time.perf_counter() - start
+    timings["write"] = time.perf_counter() - start - (timings["render"] - render_before)
     return ConvertResult(
         input=src_name,
         output=out_name,

@@ -123,6 +123,19 @@ def reflect_index(start: int, stop: int, length: int, margin: int) -> np.ndarray
     return np.where(idx >= length, period - idx, idx).astype(np.intp)
 
 
+def stream_reread_start(
+    length: int, tile: int, overlap: int, multiple: int, margin: int | None = None
+) -> int:
+    """First image row that :func:`run_tiled_stream` may read again after handing it to
+    ``write``: the last tile row reflects rows back up from the bottom border, so a caller that
+    writes output over its input must keep rows from here on until the end."""
+    if margin is None:
+        margin = _round_up(overlap // 2, multiple) if overlap else 0
+    plan = plan_axis(length, tile, overlap, multiple, margin)
+    below = plan.padded - length - margin  # padded rows past the bottom, reflected back up
+    return max(0, length - 1 - below)
+
+
 #: Reads network input: ``read(rows, cols)`` -> (len(rows), len(cols), C) float32 at those image
 #: indices (already reflected, so always inside the image).
 ReadFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -1,0 +1,124 @@
+"""Memory bounded by the tile and band size: packing by rows, in-place denoising, band rendering,
+strip writers (issue 6, point 5; issue 4, memory)."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+
+from sidraw import render as render_mod
+from sidraw.dng import DngMetadata, write_dng
+from sidraw.model import ModelCache
+from sidraw.mosaic import layout_from_letters, pack, pack_rows, unpack_rows_into
+from sidraw.output import write_image_strips
+from sidraw.pipeline import ConvertOptions, denoise, finish_file, prepare_file
+from sidraw.raw import open_raw
+from sidraw.render import render, render_strips
+from sidraw.sample import XTRANS_PATTERN, pattern_letters, write_sample
+
+PATTERNS = ["RGGB", "GBRG", "BGGR", "GRBG", XTRANS_PATTERN, np.roll(XTRANS_PATTERN, (1, 2), (0, 1))]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: "".join(np.ravel(p))[:8])
+@pytest.mark.parametrize("shape", [(37, 53), (36, 48), (61, 44)])
+def test_rows_pack_and_unpack_like_the_whole_mosaic(pattern, shape) -> None:
+    layout = layout_from_letters(pattern)
+    mosaic = np.random.default_rng(0).integers(0, 4000, shape).astype(np.uint16)
+    packed = pack(mosaic, layout)
+    rows = np.array([3, 0, 1, 2, 5, 4, packed.shape[0] - 1, 2])
+    np.testing.assert_array_equal(pack_rows(mosaic, layout, rows), packed[rows])
+    rebuilt = np.zeros_like(mosaic)
+    for row0 in range(0, packed.shape[0], 5):
+        unpack_rows_into(rebuilt, packed[row0 : row0 + 5], layout, row0)
+    np.testing.assert_array_equal(rebuilt, mosaic)
+
+
+def _dng(path: Path, pattern: str, orientation: int = 1, width: int = 640, height: int = 480):
+    buf = io.BytesIO()
+    write_sample(buf, pattern=pattern, width=width, height=height, seed=3)
+    with open_raw("x.dng", buf.getvalue()) as raw:
+        mosaic = np.array(raw.mosaic)
+    letters = pattern_letters(pattern)
+    meta = DngMetadata(pattern=letters, black=512, white=16383, orientation=orientation)
+    write_dng(path, mosaic, meta)
+    return path
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_band_render_equals_the_whole_frame(tmp_path: Path, orientation: int) -> None:
+    src = _dng(tmp_path / "a.dng", "GBRG", orientation)
+    with open_raw(src) as raw:
+        whole = render(raw.handle)
+        strips = render_strips(raw, band_photosites=40_000)  # 64-row bands: 8 of them
+        parts = list(strips.strips)
+    assert strips.banded and len(parts) >= 7
+    assert strips.shape == whole.shape[:2]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_xtrans_and_unmatched_files_render_whole(tmp_path: Path, monkeypatch) -> None:
+    # LibRaw's X-Trans demosaic depends on where its own tiles fall: bands would differ.
+    with open_raw(_dng(tmp_path / "x.dng", "xtrans", width=612, height=600)) as raw:
+        strips = render_strips(raw, band_photosites=40_000)
+        parts = list(strips.strips)
+        assert not strips.banded and len(parts) == 1
+        np.testing.assert_array_equal(parts[0], render(raw.handle))
+    monkeypatch.setattr(render_mod, "_same_rendering", lambda src, band: False)
+    with open_raw(_dng(tmp_path / "b.dng", "RGGB")) as raw:
+        strips = render_strips(raw, band_photosites=40_000)
+        assert not strips.banded and len(list(strips.strips)) == 1
+
+
+@pytest.mark.parametrize("fmt", ["tiff", "png"])
+def test_strip_writers_round_trip(fmt: str) -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 65535, (301, 257, 3)).astype(np.uint16)
+    buf = io.BytesIO()
+    write_image_strips(buf, (301, 257), iter([img[:7], img[7:200], img[200:]]), fmt)
+    data = buf.getvalue()
+    back = tifffile.imread(io.BytesIO(data)) if fmt == "tiff" else imagecodecs.png_decode(data)
+    np.testing.assert_array_equal(back, img)
+    with pytest.raises(ValueError, match="rows"):
+        write_image_strips(io.BytesIO(), (302, 257), iter([img]), fmt)
+
+
+def test_in_place_denoise_matches_and_holds_no_frame_copy(make_dng, models_dir: Path) -> None:
+    src = make_dng("d.dng", pattern="GRBG", width=768, height=2304)
+    net = ModelCache(models_dir, "cpu").get("bayer")
+    opts = ConvertOptions(ratio=50, tile=64, overlap=16)
+    with open_raw(src) as raw:
+        expected, _ = denoise(raw, net, opts)
+    with open_raw(src) as raw:
+        frame_bytes = raw.mosaic.nbytes
+        tracemalloc.start()
+        try:
+            denoise(raw, net, opts, out=raw.mosaic)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_array_equal(raw.mosaic, expected)
+    # Bands of 64 packed rows: less than one more uint16 copy of the frame (packing the whole
+    # frame, or writing the output to a new array, each take one).
+    assert peak < frame_bytes * 0.75, (peak, frame_bytes)
+
+
+def test_render_and_write_hold_one_band(make_dng, models_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(render_mod, "BAND_PHOTOSITES", 60_000)
+    src = make_dng("e.dng", pattern="RGGB", width=1200, height=2400)
+    cache = ModelCache(models_dir, "cpu")
+    prepared = prepare_file(src, tmp_path / "e.tif", ConvertOptions(ratio=50), models=cache)
+    rgb_bytes = 1200 * 2400 * 3 * 2
+    tracemalloc.start()
+    try:
+        finish_file(prepared)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < rgb_bytes / 3, (peak, rgb_bytes)  # a whole-frame render holds one RGB frame
+    assert tifffile.imread(tmp_path / "e.tif").shape == (2400, 1200, 3)
