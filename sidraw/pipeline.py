@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -101,6 +101,7 @@ def denoise(
     options: ConvertOptions,
     *,
     out: np.ndarray | None = None,
+    decision: RatioDecision | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, RatioDecision]:
@@ -113,6 +114,7 @@ def denoise(
         out: (H, W) uint16 array that receives the clean mosaic; it may be ``raw.mosaic``
             itself (LibRaw's buffer, then rendered in place): rows are overwritten only after the
             last tile that reads them. None allocates a new array.
+        decision: the ratio, if already chosen (:func:`choose_file_ratio`).
         progress: called with ``(tiles done, tiles total)``.
         timings: receives the seconds of the ``pack`` and ``inference`` stages.
 
@@ -134,11 +136,6 @@ def denoise(
     # ``target`` as uint16. No packed, float or second copy of the frame is ever held.
     h, w, channels = layout.packed_shape(source.shape)
     black = np.asarray(info.black, dtype=np.float32)
-    # Per-element levels, only for windows that are not rectangles of the image (reflected
-    # border tiles, the row sample of the ratio statistic).
-    levels = layout.channel_map(black)
-    scale = (1.0 / (np.float32(info.white) - levels)).astype(np.float32)
-    types = layout.types
     band: dict[str, np.ndarray] = {}
 
     def packed_rows(rows: np.ndarray) -> np.ndarray:
@@ -155,13 +152,10 @@ def denoise(
             return normalise_packed(
                 values[:, cs], layout, black, info.white, origin=(rs.start, cs.start)
             )
-        v = values[:, cols].astype(np.float32)
-        at = np.ix_(rows % types, cols % types)
-        v -= levels[at]
-        v *= scale[at]
-        return v
+        return _normalise_at(values[:, cols], raw, rows, cols)
 
-    decision = choose_file_ratio(raw, options)
+    if decision is None:
+        decision = choose_file_ratio(raw, options)
     ratio = np.float32(decision.ratio)
     lo, hi = network.card.input_clip
 
@@ -231,12 +225,8 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
         layout = info.layout
         h, w, channels = layout.packed_shape(raw.mosaic.shape)
         every = max(1, (h * w * channels) // 4_000_000)  # a row sample is enough
-        rows = np.arange(0, h, every)
-        sample = pack_rows(raw.mosaic, layout, rows).astype(np.float32)
-        levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))
-        at = np.ix_(rows % layout.types, np.arange(w) % layout.types)
-        sample -= levels[at]
-        sample /= np.float32(info.white) - levels[at]
+        rows, cols = np.arange(0, h, every), np.arange(w)
+        sample = _normalise_at(pack_rows(raw.mosaic, layout, rows), raw, rows, cols)
     return choose_ratio(
         sample,
         ratio=options.ratio,
@@ -244,6 +234,20 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
         exposure_time=info.exif.exposure_time,
         max_ratio=options.max_ratio,
     )
+
+
+def _normalise_at(
+    values: np.ndarray, raw: RawFile, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """Normalise packed values taken at any packed ``rows`` x ``cols`` (e.g. reflected at a
+    border), with the levels of each element's block type; returns (n, m, C) float32."""
+    info = raw.info
+    levels = info.layout.channel_map(np.asarray(info.black, dtype=np.float32))
+    at = np.ix_(rows % info.layout.types, cols % info.layout.types)
+    v = values.astype(np.float32)
+    v -= levels[at]
+    v /= np.float32(info.white) - levels[at]
+    return v
 
 
 def _as_slice(index: np.ndarray) -> slice | None:
@@ -400,23 +404,19 @@ def prepare_file(
             # sidraw needs the file's bytes no more (rawpy keeps its own reference until close).
             raw.data = b""
             prepared.network = cache.get(raw.info.layout.kind)
-            ratio_opts = opts
+            decision = choose_file_ratio(raw, opts)
             if opts.preview:
-                # The preview's "before" needs the noisy photosites that denoising overwrites;
-                # the ratio is chosen first so that both halves use the same one.
-                decision = choose_file_ratio(raw, opts)
+                # The preview's "before" needs the noisy photosites that denoising overwrites.
                 prepared.naive = naive_mosaic(raw, decision.ratio)
-                ratio_opts = replace(opts, ratio=decision.ratio)
             _, prepared.decision = denoise(
                 raw,
                 prepared.network,
-                ratio_opts,
+                opts,
                 out=raw.mosaic,
+                decision=decision,
                 progress=progress,
                 timings=prepared.timings,
             )
-            if opts.preview:
-                prepared.decision = decision
     except BaseException:
         stack.close()
         raise

@@ -27,6 +27,11 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def default_margin(overlap: int, multiple: int) -> int:
+    """Reflect padding around the image: half the overlap, aligned to ``multiple``."""
+    return _round_up(overlap // 2, multiple) if overlap else 0
+
+
 @dataclass(frozen=True)
 class AxisPlan:
     """Tiling of one axis: ``origins`` in padded coordinates, of tiles ``size`` long."""
@@ -130,7 +135,7 @@ def stream_reread_start(
     ``write``: the last tile row reflects rows back up from the bottom border, so a caller that
     writes output over its input must keep rows from here on until the end."""
     if margin is None:
-        margin = _round_up(overlap // 2, multiple) if overlap else 0
+        margin = default_margin(overlap, multiple)
     plan = plan_axis(length, tile, overlap, multiple, margin)
     below = plan.padded - length - margin  # padded rows past the bottom, reflected back up
     return max(0, length - 1 - below)
@@ -173,7 +178,7 @@ def run_tiled_stream(
     """
     h, w = shape
     if margin is None:
-        margin = _round_up(overlap // 2, multiple) if overlap else 0
+        margin = default_margin(overlap, multiple)
     py = plan_axis(h, tile, overlap, multiple, margin)
     px = plan_axis(w, tile, overlap, multiple, margin)
     wy = [axis_weight(py, k) for k in range(len(py.origins))]
@@ -302,7 +307,7 @@ def tiling_error(
     coarse = rng.uniform(0.0, 1.0, (h // 8 + 2, w // 8 + 2, channels)).astype(np.float32)
     image = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w]
     image += rng.normal(0.0, 0.1, image.shape).astype(np.float32)
-    margin = _round_up(overlap // 2, multiple) if overlap else 0
+    margin = default_margin(overlap, multiple)
     tiled = run_tiled(image, fn, tile=tile, overlap=overlap, multiple=multiple, margin=margin)
     whole = run_whole(image, fn, multiple=multiple, margin=margin)
     return float(np.abs(tiled - whole).max() / max(float(np.abs(whole).max()), 1e-12))
