@@ -58,6 +58,9 @@ def start(folder: Path, out: Path, models: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background jobs inherit SIGINT ignored, and Python then installs no Ctrl-C
+        # handler: give the child the default disposition a terminal user's process has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
