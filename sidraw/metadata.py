@@ -1,4 +1,4 @@
-"""Carrying metadata from the raw file into the outputs, with exiv2.
+"""Carrying metadata from the raw file into the outputs: read and encoded with exiv2.
 
 The photographer's metadata (camera, lens, capture time, exposure, GPS, author) is copied from the
 raw file; sidraw adds ``Software``, an orientation of 1 (pixels are already rotated), an ICC profile
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import os
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import exiv2
 
 from . import __version__
+from .embed import Embedded, Entry
 
 XMP_NAMESPACE = "https://github.com/sidraw/sidraw/ns/1.0/"
 XMP_PREFIX = "sidraw"
@@ -115,77 +116,81 @@ def _select(source: exiv2.ExifData, strip_gps: bool) -> dict[str, Any]:
     return tags
 
 
-def apply(
-    encoded: bytes,
+# Field types whose values exiv2 gives as integers, and how they are packed (little-endian).
+_INT_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 7: "B", 8: "h", 9: "i", 16: "Q", 17: "q"}
+_IFD_OF_GROUP = {"Image": "ifd0", "Photo": "exif", "GPSInfo": "gps"}
+
+
+def embedded(
     *,
     tags: dict[str, Any],
     record: SidrawRecord | None = None,
     icc: bytes | None = None,
     orientation: int | None = 1,
-) -> bytes:
-    """Write metadata into an encoded TIFF, PNG or DNG held in memory; returns the new bytes.
-
-    Arguments as for :func:`apply_to_file`.
-    """
-    with _EXIV2_LOCK:
-        image = exiv2.ImageFactory.open(encoded)
-        _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
-        io = image.io()
-        with io.mmap() as view:
-            return bytes(view)
-
-
-def apply_to_file(
-    path: str | os.PathLike[str],
-    *,
-    tags: dict[str, Any],
-    record: SidrawRecord | None = None,
-    icc: bytes | None = None,
-    orientation: int | None = 1,
-) -> None:
-    """Write metadata into a TIFF, PNG or DNG file in place.
+) -> Embedded:
+    """The metadata of an output, ready for :func:`sidraw.embed.into_tiff` or the PNG writer.
 
     Args:
-        path: the image file.
         tags: from :func:`select_tags`.
-        record: sidraw's XMP record.
+        record: sidraw's XMP record (None: no XMP).
         icc: ICC profile to embed (None: none).
-        orientation: value of the Orientation tag (None: leave as the tags say).
+        orientation: value of the Orientation tag (None: none, e.g. a DNG that keeps its own).
     """
     with _EXIV2_LOCK:
-        image = exiv2.ImageFactory.open(os.fspath(path))
-        _update(image, tags=tags, record=record, icc=icc, orientation=orientation)
+        exif = exiv2.ExifData()
+        for key, value in tags.items():
+            exif[key] = value
+        exif["Exif.Image.Software"] = f"sidraw {__version__}"
+        if orientation is not None:
+            exif["Exif.Image.Orientation"] = orientation
+        ifds: dict[str, list[Entry]] = {"ifd0": [], "exif": [], "gps": []}
+        for datum in exif:
+            ifd = _IFD_OF_GROUP.get(datum.groupName())
+            entry = _entry(datum.tag(), datum.value())
+            if ifd is not None and entry is not None:
+                ifds[ifd].append(entry)
+        xmp = _xmp_packet(record) if record is not None else b""
+    return Embedded(
+        ifd0=tuple(ifds["ifd0"]),
+        exif=tuple(ifds["exif"]),
+        gps=tuple(ifds["gps"]),
+        xmp=xmp,
+        icc=icc or None,
+    )
 
 
-def _update(
-    image: exiv2.Image,
-    *,
-    tags: dict[str, Any],
-    record: SidrawRecord | None,
-    icc: bytes | None,
-    orientation: int | None,
-) -> None:
-    image.readMetadata()
-    exif = image.exifData()
-    for key, value in tags.items():
-        exif[key] = value
-    exif["Exif.Image.Software"] = f"sidraw {__version__}"
-    if orientation is not None:
-        exif["Exif.Image.Orientation"] = orientation
-    image.setExifData(exif)
-    if record is not None:
-        _register_namespace()
-        xmp = image.xmpData()
-        xmp["Xmp.xmp.CreatorTool"] = f"sidraw {__version__}"
-        xmp["Xmp.xmp.ModifyDate"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        xmp[f"Xmp.{XMP_PREFIX}.Version"] = __version__
-        xmp[f"Xmp.{XMP_PREFIX}.Ratio"] = f"{record.ratio:.4f}"
-        xmp[f"Xmp.{XMP_PREFIX}.RatioMode"] = record.ratio_mode
-        xmp[f"Xmp.{XMP_PREFIX}.Model"] = record.model
-        xmp[f"Xmp.{XMP_PREFIX}.ModelSHA256"] = record.model_sha256
-        for k, v in record.extra.items():
-            xmp[f"Xmp.{XMP_PREFIX}.{k}"] = v
-        image.setXmpData(xmp)
-    if icc:
-        image.setIccProfile(exiv2.DataBuf(icc))
-    image.writeMetadata()
+def _entry(tag: int, value: exiv2.Value) -> Entry | None:
+    """An exiv2 value as a TIFF field (None for types that have no TIFF form)."""
+    t = int(value.typeId())
+    n = value.count()
+    if t == 2:  # ASCII, NUL-terminated
+        data = value.toString().rstrip("\0").encode("utf-8", "replace") + b"\0"
+        return Entry(tag, t, len(data), data)
+    if t in _INT_FORMATS:
+        ints = [value.toInt64(i) for i in range(n)]
+        return Entry(tag, t, n, struct.pack(f"<{n}{_INT_FORMATS[t]}", *ints))
+    if t in (5, 10):  # (unsigned) rationals
+        pairs = [v for i in range(n) for v in value.toRational(i)]
+        return Entry(tag, t, n, struct.pack(f"<{2 * n}{'I' if t == 5 else 'i'}", *pairs))
+    if t in (11, 12):
+        floats = [value.toFloat(i) for i in range(n)]
+        return Entry(tag, t, n, struct.pack(f"<{n}{'f' if t == 11 else 'd'}", *floats))
+    return None
+
+
+def _xmp_packet(record: SidrawRecord) -> bytes:
+    _register_namespace()
+    xmp = exiv2.XmpData()
+    xmp["Xmp.xmp.CreatorTool"] = f"sidraw {__version__}"
+    xmp["Xmp.xmp.ModifyDate"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    xmp[f"Xmp.{XMP_PREFIX}.Version"] = __version__
+    xmp[f"Xmp.{XMP_PREFIX}.Ratio"] = f"{record.ratio:.4f}"
+    xmp[f"Xmp.{XMP_PREFIX}.RatioMode"] = record.ratio_mode
+    xmp[f"Xmp.{XMP_PREFIX}.Model"] = record.model
+    xmp[f"Xmp.{XMP_PREFIX}.ModelSHA256"] = record.model_sha256
+    for k, v in record.extra.items():
+        xmp[f"Xmp.{XMP_PREFIX}.{k}"] = v
+    rc, packet = exiv2.XmpParser.encode(xmp)
+    if rc != 0:
+        raise RuntimeError(f"exiv2 could not encode XMP (code {rc})")
+    return packet.encode("utf-8")

@@ -22,6 +22,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from .embed import Embedded, into_tiff, png_chunks
 from .errors import OutputError
 
 ImageFormat = Literal["tiff", "png", "dng"]
@@ -59,7 +60,10 @@ def _check_strip(strip: np.ndarray, width: int) -> None:
 
 
 def write_tiff_strips(
-    target: BinaryIO, shape: tuple[int, int], strips: Iterable[np.ndarray]
+    target: BinaryIO,
+    shape: tuple[int, int],
+    strips: Iterable[np.ndarray],
+    meta: Embedded | None = None,
 ) -> None:
     """Write an RGB image given as horizontal strips as a deflate-compressed 16-bit TIFF.
 
@@ -67,9 +71,10 @@ def write_tiff_strips(
     in memory.
 
     Args:
-        target: a seekable binary file.
+        target: a seekable binary file, open for reading too when ``meta`` is given.
         shape: (H, W) of the image.
         strips: (h_i, W, 3) uint16 strips, top to bottom, heights summing to H.
+        meta: EXIF, XMP and ICC profile to embed.
     """
     import imagecodecs
     import tifffile
@@ -109,10 +114,16 @@ def write_tiff_strips(
         rowsperstrip=TIFF_ROWS_PER_STRIP,
         metadata=None,
     )
+    if meta is not None:
+        into_tiff(target, meta)
 
 
 def write_png_strips(
-    target: BinaryIO, shape: tuple[int, int], strips: Iterable[np.ndarray], level: int = 6
+    target: BinaryIO,
+    shape: tuple[int, int],
+    strips: Iterable[np.ndarray],
+    meta: Embedded | None = None,
+    level: int = 6,
 ) -> None:
     """Write an RGB image given as horizontal strips as a 16-bit PNG, one strip at a time.
 
@@ -120,11 +131,14 @@ def write_png_strips(
         target: a binary file.
         shape: (H, W) of the image.
         strips: (h_i, W, 3) uint16 strips, top to bottom, heights summing to H.
+        meta: EXIF, XMP and ICC profile to embed.
         level: zlib compression level.
     """
     height, width = shape
     target.write(b"\x89PNG\r\n\x1a\n")
     _png_chunk(target, b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+    for kind, body in png_chunks(meta) if meta is not None else []:
+        _png_chunk(target, kind, body)
     compressor = zlib.compressobj(level)
     rows = 0
     for strip in strips:
@@ -151,16 +165,21 @@ def _png_chunk(target: BinaryIO, kind: bytes, data: bytes) -> None:
 
 
 def write_image_strips(
-    target: BinaryIO, shape: tuple[int, int], strips: Iterable[np.ndarray], fmt: ImageFormat
+    target: BinaryIO,
+    shape: tuple[int, int],
+    strips: Iterable[np.ndarray],
+    fmt: ImageFormat,
+    meta: Embedded | None = None,
 ) -> None:
-    """Write an (H, W, 3) uint16 RGB image, given as strips, in ``fmt`` (``"tiff"`` or ``"png"``).
+    """Write an (H, W, 3) uint16 RGB image, given as strips, in ``fmt`` (``"tiff"`` or ``"png"``),
+    with the metadata ``meta`` (:func:`sidraw.metadata.embedded`).
 
-    Metadata and the ICC profile are added afterwards (:mod:`sidraw.metadata`).
+    A TIFF target must be seekable and readable (``"w+b"``).
     """
     if fmt == "tiff":
-        write_tiff_strips(target, shape, strips)
+        write_tiff_strips(target, shape, strips, meta)
     elif fmt == "png":
-        write_png_strips(target, shape, strips)
+        write_png_strips(target, shape, strips, meta)
     else:
         raise ValueError(f"unknown image format {fmt!r}")
 
@@ -209,16 +228,14 @@ def write_atomic(
     writer: Callable[[BinaryIO], None] | bytes,
     *,
     overwrite: bool = False,
-    post: Callable[[Path], None] | None = None,
 ) -> None:
     """Write a file atomically: temporary file in the same folder, fsync, then rename.
 
     Args:
         path: final file name.
-        writer: the bytes to write, or a function that writes them to a binary file object.
+        writer: the bytes to write, or a function that writes them to a binary file object
+            (open for reading too, so that writers can go back to what they wrote).
         overwrite: replace an existing file; otherwise an existing file is an error.
-        post: called with the temporary file's path once it is written and closed, before it is
-            synced and renamed (e.g. to add metadata in place).
 
     Raises:
         OutputError: the file exists (without ``overwrite``), the folder is not writable, or the
@@ -235,14 +252,12 @@ def write_atomic(
     try:
         os.close(fd)
         # A file object opened by name: writers such as tifffile need a real file name.
-        with open(tmp, "wb") as f:
+        with open(tmp, "w+b") as f:
             if isinstance(writer, (bytes, bytearray, memoryview)):
                 f.write(writer)
             else:
                 writer(f)
-        if post is not None:
-            post(tmp)
-        with open(tmp, "rb+") as f:
+            f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         if overwrite:

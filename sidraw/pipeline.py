@@ -21,6 +21,7 @@ import rawpy
 from . import __version__, metadata
 from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
+from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .model import Device, ModelCache, Network
@@ -286,12 +287,14 @@ def _render_stage(raw: RawFile, naive: np.ndarray | None, opts: ConvertOptions) 
     return _Rendered(strips, None, encoding, preview=(before, after))
 
 
-def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat) -> None:
+def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat, meta: Embedded) -> None:
+    """Write the output with its metadata to ``f`` (seekable, open for reading and writing)."""
     if rendered.dng is not None:
         write_dng(f, *rendered.dng)
+        into_tiff(f, meta)
     else:
         assert rendered.strips is not None
-        write_image_strips(f, rendered.strips.shape, rendered.strips.strips, fmt)
+        write_image_strips(f, rendered.strips.shape, rendered.strips.strips, fmt, meta)
 
 
 def _timed(strips: Iterator[np.ndarray], timings: dict[str, float]) -> Iterator[np.ndarray]:
@@ -459,19 +462,15 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
     icc = icc_profile(rendered.encoding) if rendered.encoding is not None else None
     # A DNG keeps the camera's orientation (its pixels are not rotated); images are upright.
     orientation = None if rendered.dng is not None else 1
-    tags = prepared.tags
-
-    def add_metadata(path: Path) -> None:
-        metadata.apply_to_file(path, tags=tags, record=record, icc=icc, orientation=orientation)
+    meta = metadata.embedded(tags=prepared.tags, record=record, icc=icc, orientation=orientation)
 
     out_name: str | None
     if isinstance(dst, (str, os.PathLike)):
         with _render_errors(src_name):
             write_atomic(
                 Path(dst),
-                lambda f: _write_encoded(f, rendered, opts.fmt),
+                lambda f: _write_encoded(f, rendered, opts.fmt, meta),
                 overwrite=opts.overwrite,
-                post=add_metadata,
             )
         out_name = os.fspath(dst)
         prepared.close()
@@ -480,13 +479,10 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
     else:
         buf = io.BytesIO()
         with _render_errors(src_name):
-            _write_encoded(buf, rendered, opts.fmt)
+            _write_encoded(buf, rendered, opts.fmt, meta)
         prepared.close()
-        encoded = metadata.apply(
-            buf.getvalue(), tags=tags, record=record, icc=icc, orientation=orientation
-        )
         try:
-            dst.write(encoded)
+            dst.write(buf.getbuffer())
             dst.flush()
         except OSError as exc:
             raise OutputError(f"cannot write the output stream ({exc})", "-") from None
