@@ -259,17 +259,26 @@ def pack_rows(mosaic: np.ndarray, layout: Layout, rows: np.ndarray) -> np.ndarra
     p, b, t = layout.period, layout.block, layout.types
     hp, wp = layout._padded_size((h, w))
     rows = np.asarray(rows, dtype=np.intp)
-    src_rows = _pad_index(h, layout.offset[0], hp, p).reshape(-1, b)[rows].ravel()
+    block_rows = _pad_index(h, layout.offset[0], hp, p).reshape(-1, b)
     src_cols = _pad_index(w, layout.offset[1], wp, p)
     n, wq = rows.size, wp // b
-    gathered = mosaic[src_rows] if wp == w else mosaic[np.ix_(src_rows, src_cols)]
-    blocks = gathered.reshape(n, b, wq, b).transpose(0, 2, 1, 3).reshape(n, wq, b * b)
     out = np.empty((n, wq, layout.channels), dtype=mosaic.dtype)
-    for ti in range(t):
-        pick = np.flatnonzero(rows % t == ti)
-        for tj in range(t):
-            out[pick, tj::t] = blocks[pick, tj::t][..., layout.index[ti, tj]]
+    # A few rows at a time: the gathered and reordered copies stay small for wide images.
+    for start in range(0, n, _PACK_ROWS):
+        chunk = rows[start : start + _PACK_ROWS]
+        src_rows = block_rows[chunk].ravel()
+        gathered = mosaic[src_rows] if wp == w else mosaic[np.ix_(src_rows, src_cols)]
+        m = chunk.size
+        blocks = gathered.reshape(m, b, wq, b).transpose(0, 2, 1, 3).reshape(m, wq, b * b)
+        part = out[start : start + m]
+        for ti in range(t):
+            pick = np.flatnonzero(chunk % t == ti)
+            for tj in range(t):
+                part[pick, tj::t] = blocks[pick, tj::t][..., layout.index[ti, tj]]
     return out
+
+
+_PACK_ROWS = 32
 
 
 def unpack_rows_into(

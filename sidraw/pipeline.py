@@ -32,6 +32,9 @@ from .raw import RawFile, _libraw_reason, open_raw
 from .render import Strips, render, render_strips
 from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 
+#: Packed rows that :func:`denoise` post-processes and writes back at a time.
+TAKE_ROWS = 32
+
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -143,6 +146,7 @@ def denoise(
         # Every tile of a tile row reads the same rows: pack them once.
         cached = band.get("rows")
         if cached is None or not np.array_equal(cached, rows):
+            band.clear()  # before packing the next rows: never two bands at once
             band["rows"], band["values"] = rows.copy(), pack_rows(source, layout, rows)
         return band["values"]
 
@@ -160,15 +164,16 @@ def denoise(
     ratio = np.float32(decision.ratio)
     lo, hi = network.card.input_clip
 
-    def network_input(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        x = normalised(rows, cols)
+    def amplified(x: np.ndarray) -> np.ndarray:
         x *= ratio
         np.clip(x, -1.0, 1.0, out=x)
         if (lo, hi) != (-1.0, 1.0):
             np.clip(x, lo, hi, out=x)
         return x
 
-    all_cols = np.arange(w)
+    def network_input(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return amplified(normalised(rows, cols))
+
     tile = options.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
     multiple = network.card.downsample
@@ -179,11 +184,19 @@ def denoise(
     kept: list[tuple[int, np.ndarray]] = []
 
     def take_rows(row0: int, rows: np.ndarray) -> None:
+        # A few rows at a time, so that the temporaries stay small however wide the image is.
+        for r in range(0, rows.shape[0], TAKE_ROWS):
+            take_slice(row0 + r, rows[r : r + TAKE_ROWS])
+
+    def take_slice(row0: int, rows: np.ndarray) -> None:
         index = np.arange(row0, row0 + rows.shape[0])
         y = np.clip(rows, 0.0, 1.0)
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
-        y[np.all(network_input(index, all_cols) >= hi, axis=2)] = 1.0
+        x = normalise_packed(
+            pack_rows(source, layout, index), layout, black, info.white, origin=(row0, 0)
+        )
+        y[np.all(amplified(x) >= hi, axis=2)] = 1.0
         clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
         now = max(0, min(keep_from - row0, clean.shape[0]))
         if now:
@@ -404,8 +417,7 @@ def prepare_file(
             prepared.tags = metadata.select_tags(
                 metadata.read_source(raw.data), strip_gps=opts.strip_gps
             )
-            # sidraw needs the file's bytes no more (rawpy keeps its own reference until close).
-            raw.data = b""
+            raw.drop_data()
             prepared.network = cache.get(raw.info.layout.kind)
             decision = choose_file_ratio(raw, opts)
             if opts.preview:

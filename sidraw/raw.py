@@ -6,8 +6,10 @@ This is the input edge of the pipeline: everything after it works on numpy array
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
+import mmap
 import os
 import stat
 import sys
@@ -113,13 +115,49 @@ class RawFile:
         mosaic: (H, W) uint16 visible photosites in DN (black level included), a view into
             LibRaw's buffer: it is overwritten when a new mosaic is rendered.
         handle: the open ``rawpy.RawPy``.
-        data: the file's bytes (for copying its metadata).
+        data: the file's bytes (for copying its metadata), until :meth:`drop_data`.
+        owns_data: whether :func:`open_raw` read ``data`` itself (rather than being given them).
     """
 
     info: RawInfo
     mosaic: np.ndarray
     handle: rawpy.RawPy
     data: bytes = b""
+    owns_data: bool = False
+
+    def drop_data(self) -> None:
+        """Let go of the file's bytes once its metadata has been read from them.
+
+        rawpy keeps a reference to the bytes until the handle is closed, although LibRaw reads
+        them only while opening and decoding the file. Bytes that :func:`open_raw` read itself
+        are therefore given back to the system here (their pages read as zeros afterwards), so
+        that a file is not held twice, as bytes and as decoded photosites, while it is denoised
+        and rendered. Bytes a caller passed in are left alone.
+        """
+        data, self.data = self.data, b""
+        if self.owns_data:
+            _release_pages(data)
+
+
+def _release_pages(data: bytes) -> None:
+    """Give the whole memory pages under a large bytes object back to the system (Linux only).
+
+    The object stays valid and can be freed as usual; what it holds reads as zeros afterwards.
+    """
+    if not sys.platform.startswith("linux") or len(data) < _RELEASE_MIN_BYTES:
+        return
+    page = mmap.PAGESIZE
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    if not address:
+        return
+    start = -(-address // page) * page  # the allocator's header before the data is left alone
+    stop = (address + len(data)) // page * page
+    if stop > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), mmap.MADV_DONTNEED)
+
+
+_RELEASE_MIN_BYTES = 1 << 20
 
 
 def _ratio_value(tag: Any) -> float | None:
@@ -410,6 +448,7 @@ def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterato
     """
     p = Path(path)
     name = str(path)
+    owned = data is None
     if data is None:
         _check_input_path(p)
         data = _read_bytes(p)
@@ -434,7 +473,7 @@ def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterato
         if mosaic.shape != (info.height, info.width):
             raise MetadataError(f"visible area {mosaic.shape} differs from the header", name)
         _check_pixels(mosaic, info.black, name)
-        yield RawFile(info=info, mosaic=mosaic, handle=raw, data=data)
+        yield RawFile(info=info, mosaic=mosaic, handle=raw, data=data, owns_data=owned)
     finally:
         raw.close()
 
