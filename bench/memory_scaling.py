@@ -4,7 +4,8 @@ Each size runs in two fresh subprocesses: one writes the synthetic DNG (the scen
 a lot of memory itself, kept out of the measurement), the other converts it with
 ``sidraw.pipeline.prepare_file`` + ``finish_file`` (what ``convert_file`` runs) and reports its own
 peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) after the first half (decode, packing, tiled
-inference: "denoise MB") and at the end (LibRaw's full-frame render and the write: "peak MB"),
+inference: "denoise MB") and at the end (LibRaw's render, in bands for Bayer frames, and the
+write: "peak MB"),
 the RSS before the conversion (interpreter, libraries, model loaded) and the wall time.
 
 Model: the bundled models when ``weights/`` has some, else a random-weight U-Net built with
@@ -12,6 +13,7 @@ Model: the bundled models when ``weights/`` has some, else a random-weight U-Net
 
     python bench/memory_scaling.py                  # 12 and 48 MP
     python bench/memory_scaling.py --mp 0.5 --mp 2  # quick check
+    python bench/memory_scaling.py --pattern xtrans # X-Trans frames (rendered whole by LibRaw)
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 _WRITE = """
 import sys
 from sidraw.sample import write_sample
-write_sample(sys.argv[1], width=int(sys.argv[2]), height=int(sys.argv[3]), seed=1)
+write_sample(sys.argv[1], width=int(sys.argv[2]), height=int(sys.argv[3]), seed=1,
+             pattern=sys.argv[4])
 """
 
 _CONVERT = """
@@ -45,7 +48,7 @@ def rss_mb():
 
 src, dst, model, threads = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
 cache = ModelCache(model, "cpu", threads or None)
-cache.get("bayer")
+cache.get(sys.argv[5])
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
@@ -53,7 +56,7 @@ before = rss_mb()
 t = time.perf_counter()
 prepared = prepare_file(src, dst, sidraw.ConvertOptions(ratio=100), models=cache)
 denoised = peak_mb()  # decode, packing and tiled inference (sidraw's own buffers)
-result = finish_file(prepared)  # LibRaw's full-frame render, encoding and writing
+result = finish_file(prepared)  # LibRaw's render (in bands for Bayer), encoding and writing
 seconds = time.perf_counter() - t
 print(json.dumps({"before_mb": before, "denoise_peak_mb": denoised, "peak_mb": peak_mb(),
                   "seconds": seconds, "timings": result.timings}))
@@ -80,16 +83,24 @@ def _model(folder: Path, width: int) -> str:
     sys.path.insert(0, str(REPO / "tests"))
     from unet_onnx import write_model
 
-    write_model(folder, "bayer", width=width)
+    for cfa in ("bayer", "xtrans"):
+        write_model(folder, cfa, width=width)
     return str(folder)
 
 
-def measure(mp: float, folder: Path, model: str, threads: int) -> dict[str, float]:
+def measure(
+    mp: float, folder: Path, model: str, threads: int, pattern: str = "RGGB"
+) -> dict[str, float]:
     w, h = size_for(mp)
+    if pattern == "xtrans":  # whole 6x6 blocks
+        w, h = w // 48 * 48, h // 48 * 48
     src, dst = folder / f"scene_{mp:g}mp.dng", folder / f"scene_{mp:g}mp.tif"
-    subprocess.run([sys.executable, "-c", _WRITE, str(src), str(w), str(h)], check=True, env=_env())
+    subprocess.run(
+        [sys.executable, "-c", _WRITE, str(src), str(w), str(h), pattern], check=True, env=_env()
+    )
+    kind = "xtrans" if pattern == "xtrans" else "bayer"
     proc = subprocess.run(
-        [sys.executable, "-c", _CONVERT, str(src), str(dst), model, str(threads)],
+        [sys.executable, "-c", _CONVERT, str(src), str(dst), model, str(threads), kind],
         capture_output=True,
         text=True,
         env=_env(),
@@ -108,6 +119,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=24, help="test model width (no weights/)")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: default)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    parser.add_argument("--pattern", default="RGGB", help="CFA: a 2x2 Bayer pattern or xtrans")
     args = parser.parse_args()
     sizes = args.mp or [12.0, 48.0]
     with tempfile.TemporaryDirectory(prefix="sidraw-mem-") as tmp:
@@ -120,7 +132,7 @@ def main() -> None:
                 f"{'added MB':>9} {'B/photosite':>12} {'seconds':>8}"
             )
         for mp in sizes:
-            r = measure(mp, folder, model, args.threads)
+            r = measure(mp, folder, model, args.threads, args.pattern)
             added = r["peak_mb"] - r["before_mb"]
             if args.json:
                 print(json.dumps(r))
