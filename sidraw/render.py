@@ -95,11 +95,28 @@ def render(
     return raw.postprocess(params)
 
 
-#: Photosites of context rendered above and below each band and then cut off: LibRaw's AHD
+#: Photosites of context rendered above and below each Bayer band and then cut off: LibRaw's AHD
 #: demosaic reads 6 rows around a pixel, so band seams come out identical to a whole-frame render.
 BAND_MARGIN = 16
-#: Photosites rendered per band (LibRaw holds about 18 bytes a photosite while rendering).
+#: Photosites rendered per Bayer band (LibRaw holds about 18 bytes a photosite while rendering).
 BAND_PHOTOSITES = 3_000_000
+#: The same for X-Trans. LibRaw's Markesteijn demosaic works in tiles of 512 photosites of its own
+#: and decides each tile's interpolation directions from that tile alone, so a band starts a new
+#: tile grid: bands are larger (fewer seams), their context is wider, and a few pixels near each
+#: seam come out as a whole-frame render with its tiles elsewhere would have them.
+XTRANS_BAND_MARGIN = 36
+XTRANS_BAND_PHOTOSITES = 9_000_000
+#: LibRaw's X-Trans demosaic needs frames of at least its tile size.
+_XTRANS_MIN_BAND = 768
+
+# LibRaw's sRGB (D65) -> XYZ matrix, from which it derives its camera -> sRGB matrix.
+_XYZ_FROM_RGB = np.array(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
 
 
 @dataclass
@@ -109,7 +126,7 @@ class Strips:
     Attributes:
         shape: (H, W) of the oriented output image.
         strips: (h_i, W, 3) uint16 RGB strips whose heights sum to H.
-        banded: True when rendered band by band (memory independent of the frame's size); False
+        banded: True when rendered band by band (memory independent of the frame's height); False
             when LibRaw rendered the whole frame (one strip).
     """
 
@@ -118,52 +135,110 @@ class Strips:
     banded: bool
 
 
+@dataclass(frozen=True)
+class _Banding:
+    """How a file is cut into bands: along which sensor axis, how big, with what context."""
+
+    flip: int
+    step: int
+    least: int  # the shortest band LibRaw renders like the others (a short last one is merged)
+    margin: int
+    period: int
+    matrix: np.ndarray  # (3, 3) XYZ -> camera matrix written into every band
+
+    @property
+    def axis(self) -> int:
+        """The sensor axis the bands run along (1: columns, for images shown transposed)."""
+        return 1 if self.flip & 4 else 0
+
+
 def render_strips(
     raw: RawFile,
     *,
     encoding: Encoding | None = None,
     band_photosites: int | None = None,
 ) -> Strips:
-    """Render the mosaic in LibRaw's buffer (``raw.mosaic``) band by band, where that is exact.
+    """Render the mosaic in LibRaw's buffer (``raw.mosaic``) band by band.
 
-    Each band of sensor rows (columns for files shot in portrait), with :data:`BAND_MARGIN`
-    photosites of context, goes to LibRaw as a small DNG carrying the file's own levels, white
-    balance and colour matrix; the band's output is cut, oriented and handed on, so only one band
-    is ever rendered at a time. This is used only when LibRaw derives exactly the same rendering
-    parameters (camera matrix, white balance, levels, pattern) from the band as from the file,
-    and only for Bayer sensors: LibRaw's X-Trans demosaic depends on where its internal tiles
-    fall, so X-Trans frames, and files whose parameters do not carry over, are rendered whole.
+    Each band of sensor rows (columns for files shot in portrait), with some photosites of
+    context, goes to LibRaw as a small DNG carrying the file's own levels, white balance and
+    colour matrix; the band's output is cut, oriented and handed on, so only one band is ever
+    rendered at a time. Bands are used only when LibRaw derives exactly the same rendering
+    parameters (camera matrix, white balance, levels, pattern) from the band as from the file;
+    otherwise, and for X-Trans frames too small for LibRaw's X-Trans demosaic, the frame is
+    rendered whole. Bayer bands give exactly the whole-frame render; X-Trans bands differ from it
+    in a few pixels near each seam (see :data:`XTRANS_BAND_PHOTOSITES`).
 
     Args:
         raw: the open file; its mosaic holds the photosites to render ((H, W) uint16 DN).
         encoding: output primaries and transfer curve (default: sRGB).
         band_photosites: about how many photosites each band holds (default
-            :data:`BAND_PHOTOSITES`).
+            :data:`BAND_PHOTOSITES`, :data:`XTRANS_BAND_PHOTOSITES` for X-Trans).
 
     Returns:
         The image as strips (see :class:`Strips`), rendered lazily as they are consumed.
     """
     enc = encoding or encoding_for("srgb")
-    band_photosites = band_photosites or BAND_PHOTOSITES
     flip = int(raw.handle.sizes.flip) & 7
     h, w = raw.mosaic.shape
     out_shape = (w, h) if flip & 4 else (h, w)
-    first = None
-    if raw.info.layout.kind == "bayer":
-        first = _first_band(raw, flip, band_photosites)
-    if first is None:
+    found = _banding(raw, flip, band_photosites)
+    if found is None:
         return Strips(out_shape, iter([render(raw.handle, encoding=enc)]), banded=False)
-    return Strips(out_shape, _bands(raw, enc, flip, band_photosites, first), banded=True)
+    banding, first = found
+    return Strips(out_shape, _bands(raw, enc, banding, first), banded=True)
 
 
-def _band_ranges(raw: RawFile, flip: int, band_photosites: int) -> list[tuple[int, int]]:
-    """Sensor ranges (rows, or columns when the image is transposed) in output order."""
+def _banding(
+    raw: RawFile, flip: int, band_photosites: int | None
+) -> tuple[_Banding, rawpy.RawPy] | None:
+    """How to cut the file into bands and its first band, open in LibRaw; None when bands would
+    not render like the file."""
+    xtrans = raw.info.layout.kind == "xtrans"
     h, w = raw.mosaic.shape
     n, across = (w, h) if flip & 4 else (h, w)
     period = raw.info.layout.period
-    step = max(64, band_photosites // max(across, 1)) // period * period
-    ranges = [(i0, min(i0 + step, n)) for i0 in range(0, n, step)]
-    if _mirrors(flip)[0]:  # the output's top comes from the sensor's far end
+    if xtrans:
+        margin, size = XTRANS_BAND_MARGIN, band_photosites or XTRANS_BAND_PHOTOSITES
+        least = _XTRANS_MIN_BAND
+        if across < _XTRANS_MIN_BAND or n < 2 * least:
+            return None
+    else:
+        margin, size, least = BAND_MARGIN, band_photosites or BAND_PHOTOSITES, 64
+    step = max(least, size // max(across, 1)) // period * period
+    if step >= n:
+        return None
+    # The matrix LibRaw reports, else the one that reproduces the camera -> sRGB matrix it
+    # derived (it may have taken it from the file's own DNG tags rather than its tables).
+    for matrix in (_shortest(raw.info.color_matrix), _matrix_from_rgb_cam(raw.handle)):
+        banding = _Banding(flip, step, least, margin, period, matrix)
+        lo, hi = _band_ranges(banding, n)[0]
+        e0, e1 = max(0, lo - margin), min(n, hi + margin)
+        band = _open_band(_band_dng(raw, banding, e0, e1))
+        if _same_rendering(raw.handle, band, e0 % period, banding.axis):
+            return banding, band
+        band.close()
+    return None
+
+
+def _shortest(matrix: np.ndarray) -> np.ndarray:
+    # LibRaw holds the matrix as float32: its shortest decimal form is the value the file (or
+    # LibRaw's table) gave, so the band's rendering matrix comes out bit-identical.
+    return np.vectorize(lambda v: float(str(np.float32(v))))(np.asarray(matrix)[:3, :3])
+
+
+def _matrix_from_rgb_cam(handle: rawpy.RawPy) -> np.ndarray:
+    """An XYZ -> camera matrix from which LibRaw derives the file's camera -> sRGB matrix."""
+    rgb_cam = np.asarray(handle.color_matrix, dtype=np.float64)[:3, :3]
+    return np.linalg.pinv(rgb_cam) @ np.linalg.inv(_XYZ_FROM_RGB)
+
+
+def _band_ranges(banding: _Banding, n: int) -> list[tuple[int, int]]:
+    """Sensor ranges (rows, or columns when the image is transposed) in output order."""
+    ranges = [(i0, min(i0 + banding.step, n)) for i0 in range(0, n, banding.step)]
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < banding.least:
+        ranges[-2:] = [(ranges[-2][0], n)]
+    if _mirrors(banding.flip)[0]:  # the output's top comes from the sensor's far end
         ranges = [(n - i1, n - i0) for i0, i1 in ranges]
     return ranges
 
@@ -178,18 +253,21 @@ def _mirrors(flip: int) -> tuple[bool, bool]:
     return bool(flip & 2), bool(flip & 1)
 
 
-def _band_dng(raw: RawFile, flip: int, lo: int, hi: int) -> bytes:
+def _band_dng(raw: RawFile, banding: _Banding, lo: int, hi: int) -> bytes:
     """The photosites of sensor range ``lo:hi`` (rows, or columns if transposed) as a DNG."""
     info = raw.info
-    region = raw.mosaic[:, lo:hi] if flip & 4 else raw.mosaic[lo:hi]
+    region = raw.mosaic[:, lo:hi] if banding.axis else raw.mosaic[lo:hi]
     wb = info.wb_multipliers
     meta = DngMetadata(
-        pattern=info.layout.pattern,
-        black=info.black,
+        # The CFA pattern as seen from the band's first photosite.
+        pattern=np.roll(info.layout.pattern, -(lo % banding.period), axis=banding.axis),
+        black=np.roll(
+            np.broadcast_to(np.asarray(info.black, dtype=np.float64), info.layout.pattern.shape),
+            -(lo % banding.period),
+            axis=banding.axis,
+        ),
         white=int(info.white),
-        # LibRaw holds the matrix as float32: its shortest decimal form is the value the file
-        # (or LibRaw's table) gave, so the band's rendering matrix comes out bit-identical.
-        color_matrix=np.vectorize(lambda v: float(str(np.float32(v))))(info.color_matrix),
+        color_matrix=banding.matrix,
         as_shot_neutral=(1 / wb[0], 1.0, 1 / wb[2]),
         # Not the camera's name: LibRaw must take the colours from these tags, not its tables.
         make="sidraw",
@@ -211,8 +289,9 @@ def _open_band(data: bytes) -> rawpy.RawPy:
     return band
 
 
-def _same_rendering(src: rawpy.RawPy, band: rawpy.RawPy) -> bool:
-    """Whether LibRaw renders the band with the file's parameters."""
+def _same_rendering(src: rawpy.RawPy, band: rawpy.RawPy, shift: int, axis: int) -> bool:
+    """Whether LibRaw renders the band, which starts ``shift`` photosites into a CFA period
+    along ``axis``, with the file's parameters."""
 
     def ratios(wb: list[float]) -> np.ndarray:
         v = np.asarray(wb[:3], dtype=np.float64)
@@ -225,45 +304,32 @@ def _same_rendering(src: rawpy.RawPy, band: rawpy.RawPy) -> bool:
     return (
         np.array_equal(band.color_matrix, src.color_matrix)
         and np.array_equal(ratios(band.camera_whitebalance), ratios(src.camera_whitebalance))
-        and np.allclose(band.black_level_per_channel, src.black_level_per_channel)
+        and np.allclose(sorted(band.black_level_per_channel), sorted(src.black_level_per_channel))
         and float(band.white_level) == float(src.white_level)
-        and np.array_equal(colours(band), colours(src))
+        and np.array_equal(colours(band), np.roll(colours(src), -shift, axis=axis))
     )
 
 
-def _band_extent(raw: RawFile, flip: int, lo: int, hi: int) -> tuple[int, int]:
-    n = raw.mosaic.shape[1] if flip & 4 else raw.mosaic.shape[0]
-    return max(0, lo - BAND_MARGIN), min(n, hi + BAND_MARGIN)
-
-
-def _first_band(raw: RawFile, flip: int, band_photosites: int) -> rawpy.RawPy | None:
-    """The first band opened in LibRaw, or None when bands would not render like the file."""
-    lo, hi = _band_ranges(raw, flip, band_photosites)[0]
-    band = _open_band(_band_dng(raw, flip, *_band_extent(raw, flip, lo, hi)))
-    if _same_rendering(raw.handle, band):
-        return band
-    band.close()
-    return None
-
-
 def _bands(
-    raw: RawFile, enc: Encoding, flip: int, band_photosites: int, first: rawpy.RawPy
+    raw: RawFile, enc: Encoding, banding: _Banding, first: rawpy.RawPy
 ) -> Iterator[np.ndarray]:
-    params = render_params(enc, flip=0)
+    xtrans = raw.info.layout.kind == "xtrans"
+    params = render_params(enc, flip=0, xtrans=xtrans)
+    n = raw.mosaic.shape[banding.axis]
     opened: rawpy.RawPy | None = first
     try:
-        for lo, hi in _band_ranges(raw, flip, band_photosites):
-            e0, e1 = _band_extent(raw, flip, lo, hi)
-            band = opened if opened is not None else _open_band(_band_dng(raw, flip, e0, e1))
+        for lo, hi in _band_ranges(banding, n):
+            e0, e1 = max(0, lo - banding.margin), min(n, hi + banding.margin)
+            band = opened if opened is not None else _open_band(_band_dng(raw, banding, e0, e1))
             opened = None
             try:
                 rgb = band.postprocess(params)
             finally:
                 band.close()
-            part = rgb[:, lo - e0 : hi - e0] if flip & 4 else rgb[lo - e0 : hi - e0]
+            part = rgb[:, lo - e0 : hi - e0] if banding.axis else rgb[lo - e0 : hi - e0]
             del rgb
-            upside_down, mirrored = _mirrors(flip)
-            if flip & 4:
+            upside_down, mirrored = _mirrors(banding.flip)
+            if banding.axis:
                 part = part.transpose(1, 0, 2)
             if upside_down:
                 part = part[::-1]
