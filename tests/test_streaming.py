@@ -93,7 +93,10 @@ def test_small_xtrans_and_unmatched_files_render_whole(tmp_path: Path, monkeypat
         strips = render_strips(raw, band_photosites=40_000)
         parts = list(strips.strips)
         assert not strips.banded and len(parts) == 1
-        np.testing.assert_array_equal(parts[0], render(raw.handle))
+        # LibRaw's X-Trans demosaic is not deterministic near its tile edges (its tiles run in
+        # parallel and overlap): two whole-frame renders differ in a few pixels.
+        diff = np.abs(parts[0].astype(np.int64) - render(raw.handle).astype(np.int64))
+        assert np.mean(diff.max(axis=2) > 0) < 0.01
     monkeypatch.setattr(render_mod, "_same_rendering", lambda src, band, shift, axis: False)
     with open_raw(_dng(tmp_path / "b.dng", "RGGB")) as raw:
         strips = render_strips(raw, band_photosites=40_000)
