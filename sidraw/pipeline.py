@@ -6,8 +6,11 @@ scripts can call it too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -307,18 +310,73 @@ def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat, meta: Emb
         into_tiff(f, meta)
     else:
         assert rendered.strips is not None
-        write_image_strips(f, rendered.strips.shape, rendered.strips.strips, fmt, meta)
+        strips = rendered.strips.strips
+        try:
+            write_image_strips(f, rendered.strips.shape, strips, fmt, meta)
+        finally:
+            # Also when the writer stopped early: the render-ahead worker must be done before
+            # LibRaw's buffer is released.
+            close = getattr(strips, "close", None)
+            if close is not None:
+                close()
 
 
-def _timed(strips: Iterator[np.ndarray], timings: dict[str, float]) -> Iterator[np.ndarray]:
-    """Pass strips on, adding the time spent making them to ``timings["render"]``."""
-    while True:
-        start = time.perf_counter()
-        strip = next(strips, None)
-        timings["render"] = timings.get("render", 0.0) + time.perf_counter() - start
-        if strip is None:
-            return
-        yield strip
+@dataclass
+class _Clock:
+    """Seconds a producer thread spent making items, and its consumer spent waiting for them."""
+
+    busy: float = 0.0
+    waited: float = 0.0
+
+
+_END = object()
+
+
+def _ahead(items: Iterator[np.ndarray], clock: _Clock) -> Iterator[np.ndarray]:
+    """Pass ``items`` on, making the next one in a worker thread while the current one is used.
+
+    LibRaw renders a band (one core, without the GIL) while the writer compresses the previous
+    one (on all cores), so rendering and writing overlap. The worker has finished, and the
+    producer is closed, when this generator ends, fails or is closed: nothing it reads (LibRaw's
+    buffer) may be released before.
+    """
+    handoff: queue.Queue[object] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while not stop.is_set():
+                start = time.perf_counter()
+                item = next(items, _END)
+                clock.busy += time.perf_counter() - start
+                handoff.put(item)
+                if item is _END:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            handoff.put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="sidraw-render", daemon=True)
+    worker.start()
+    try:
+        while True:
+            start = time.perf_counter()
+            item = handoff.get()
+            clock.waited += time.perf_counter() - start
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a worker waiting to hand over an item
+            with contextlib.suppress(queue.Empty):
+                handoff.get(timeout=0.05)
+        worker.join()
 
 
 def _dng_metadata(raw: RawFile) -> DngMetadata:
@@ -461,10 +519,11 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
     prepared.naive = None
     timings["render"] += time.perf_counter() - start
     start = time.perf_counter()
-    render_before = timings["render"]
+    clock = _Clock()
     if rendered.strips is not None:
-        # Bands are rendered as the writer asks for them: only one band is in memory at a time.
-        rendered.strips.strips = _timed(rendered.strips.strips, timings)
+        # The next band is rendered while the writer compresses the current one: two bands are
+        # in memory at a time, whatever the frame's size.
+        rendered.strips.strips = _ahead(rendered.strips.strips, clock)
     record = metadata.SidrawRecord(
         ratio=decision.ratio,
         ratio_mode=decision.mode,
@@ -499,7 +558,8 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
         except OSError as exc:
             raise OutputError(f"cannot write the output stream ({exc})", "-") from None
         out_name = "-"
-    timings["write"] = time.perf_counter() - start - (timings["render"] - render_before)
+    timings["render"] += clock.busy
+    timings["write"] = time.perf_counter() - start - clock.waited
     return ConvertResult(
         input=src_name,
         output=out_name,

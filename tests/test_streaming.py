@@ -227,3 +227,60 @@ def test_converting_after_the_file_bytes_are_released_changes_nothing(
     data = src.read_bytes()
     sidraw.convert_file(src, tmp_path / "given.tif", opts, model=models_dir, data=data)
     assert len(released) == 1 and data == src.read_bytes()
+
+
+def test_bands_are_rendered_ahead_of_the_writer() -> None:
+    import threading
+
+    from sidraw.pipeline import _ahead, _Clock
+
+    making_second = threading.Event()
+    closed = threading.Event()
+
+    def bands():
+        try:
+            yield np.zeros(1)
+            making_second.set()
+            yield np.ones(1)
+            yield np.full(1, 2.0)
+        finally:
+            closed.set()
+
+    clock = _Clock()
+    out = _ahead(bands(), clock)
+    next(out)
+    # While the first band is being written, the second one is already being made.
+    assert making_second.wait(timeout=30)
+    assert [float(b[0]) for b in out] == [1.0, 2.0]
+    assert closed.is_set() and clock.busy >= 0.0
+
+
+def test_render_ahead_stops_with_the_writer_and_passes_errors_on() -> None:
+    import threading
+
+    from sidraw.pipeline import _ahead, _Clock
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield np.zeros(1)
+        finally:
+            closed.set()
+
+    out = _ahead(endless(), _Clock())
+    next(out)
+    out.close()  # the writer failed (disk full, ...)
+    assert closed.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "sidraw-render"]
+
+    def failing():
+        yield np.zeros(1)
+        raise ValueError("LibRaw failed on band 2")
+
+    out = _ahead(failing(), _Clock())
+    next(out)
+    with pytest.raises(ValueError, match="band 2"):
+        next(out)
+    assert not [t for t in threading.enumerate() if t.name == "sidraw-render"]
