@@ -52,11 +52,20 @@ def quantize_onnx(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     batches: list[dict[str, np.ndarray]],
+    overrides: dict[str, list[dict[str, object]]] | None = None,
+    exclude: list[str] | None = None,
 ) -> None:
     """Write an INT8 QDQ copy of an ONNX model: per-channel int8 weights, uint8 activations,
     MinMax calibration on ``batches`` (input name -> array).
 
-    The one place that sets sidraw's quantisation settings (the benchmark uses it too).
+    The one place that sets sidraw's quantisation settings (the benchmark and the
+    quantisation-aware training, :mod:`sidraw.train.qat`, use it too).
+
+    Args:
+        overrides: optional onnxruntime ``TensorQuantOverrides`` (tensor name -> ``[{"scale": ...,
+            "zero_point": ...}]``): activation ranges fixed by quantisation-aware training
+            instead of calibrated. Tensors not named are calibrated on ``batches`` as before.
+        exclude: optional names of nodes left in float (e.g. the 1x1 output convolution).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -82,6 +91,8 @@ def quantize_onnx(
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=exclude,
+        extra_options={"TensorQuantOverrides": overrides} if overrides else None,
     )
 
 

@@ -168,6 +168,11 @@ class Trainer:
         if not cfg.patch_history or cfg.patch_history[-1][1] != cfg.patch:
             cfg.patch_history.append([self.step, cfg.patch])
 
+    def loss(self, pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch: L1 to the clean patch ``y`` (a subclass may distil from a
+        teacher instead, as :mod:`sidraw.train.qat` does)."""
+        return torch.mean(torch.abs(pred - y))
+
     def log(self, msg: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {msg}"
         print(line, flush=True)
@@ -220,7 +225,7 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=autocast_dtype):
                 pred = self.model(x)
-            loss = torch.mean(torch.abs(pred.float() - y))
+            loss = self.loss(pred.float(), x, y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
