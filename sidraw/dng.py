@@ -104,8 +104,12 @@ def write_dng(target: str | Path | BinaryIO, mosaic: np.ndarray, meta: DngMetada
         tags.append((34855, "H", 1, int(meta.iso), True))
     if meta.datetime_original is not None:
         tags.append((36867, "s", 0, meta.datetime_original, True))
-    # tifffile needs a named file or a seekable buffer; file objects from os.fdopen have no name.
-    buffer = target if isinstance(target, (str, Path)) else io.BytesIO()
+    # tifffile needs a named file or a seekable buffer; file objects from os.fdopen have no name
+    # (and pipes cannot seek): those get the DNG through memory.
+    direct = isinstance(target, (str, Path, io.BytesIO)) or (
+        isinstance(getattr(target, "name", None), str) and target.seekable()
+    )
+    buffer = target if direct else io.BytesIO()
     tifffile.imwrite(
         buffer,
         mosaic,
@@ -116,5 +120,5 @@ def write_dng(target: str | Path | BinaryIO, mosaic: np.ndarray, meta: DngMetada
         extratags=[(code, dtype, count, value, once) for code, dtype, count, value, once in tags]
         + [(271, "s", 0, meta.make, True), (272, "s", 0, meta.model, True)],
     )
-    if isinstance(buffer, io.BytesIO):
+    if not direct:
         target.write(buffer.getvalue())  # type: ignore[union-attr]
