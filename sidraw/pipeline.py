@@ -6,11 +6,8 @@ scripts can call it too.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -314,69 +311,22 @@ def _write_encoded(f: BinaryIO, rendered: _Rendered, fmt: ImageFormat, meta: Emb
         try:
             write_image_strips(f, rendered.strips.shape, strips, fmt, meta)
         finally:
-            # Also when the writer stopped early: the render-ahead worker must be done before
-            # LibRaw's buffer is released.
+            # Also when the writer stopped early: a band still open in LibRaw is closed before
+            # the file's own handle is.
             close = getattr(strips, "close", None)
             if close is not None:
                 close()
 
 
-@dataclass
-class _Clock:
-    """Seconds a producer thread spent making items, and its consumer spent waiting for them."""
-
-    busy: float = 0.0
-    waited: float = 0.0
-
-
-_END = object()
-
-
-def _ahead(items: Iterator[np.ndarray], clock: _Clock) -> Iterator[np.ndarray]:
-    """Pass ``items`` on, making the next one in a worker thread while the current one is used.
-
-    LibRaw renders a band (one core, without the GIL) while the writer compresses the previous
-    one (on all cores), so rendering and writing overlap. The worker has finished, and the
-    producer is closed, when this generator ends, fails or is closed: nothing it reads (LibRaw's
-    buffer) may be released before.
-    """
-    handoff: queue.Queue[object] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            while not stop.is_set():
-                start = time.perf_counter()
-                item = next(items, _END)
-                clock.busy += time.perf_counter() - start
-                handoff.put(item)
-                if item is _END:
-                    return
-        except BaseException as exc:  # handed to the consumer, which raises it
-            handoff.put(exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    worker = threading.Thread(target=produce, name="sidraw-render", daemon=True)
-    worker.start()
-    try:
-        while True:
-            start = time.perf_counter()
-            item = handoff.get()
-            clock.waited += time.perf_counter() - start
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a worker waiting to hand over an item
-            with contextlib.suppress(queue.Empty):
-                handoff.get(timeout=0.05)
-        worker.join()
+def _timed(strips: Iterator[np.ndarray], timings: dict[str, float]) -> Iterator[np.ndarray]:
+    """Pass strips on, adding the time spent making them to ``timings["render"]``."""
+    while True:
+        start = time.perf_counter()
+        strip = next(strips, None)
+        timings["render"] += time.perf_counter() - start
+        if strip is None:
+            return
+        yield strip
 
 
 def _dng_metadata(raw: RawFile) -> DngMetadata:
@@ -519,11 +469,10 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
     prepared.naive = None
     timings["render"] += time.perf_counter() - start
     start = time.perf_counter()
-    clock = _Clock()
+    render_before = timings["render"]
     if rendered.strips is not None:
-        # The next band is rendered while the writer compresses the current one: two bands are
-        # in memory at a time, whatever the frame's size.
-        rendered.strips.strips = _ahead(rendered.strips.strips, clock)
+        # Bands are rendered as the writer asks for them: one band is in memory at a time.
+        rendered.strips.strips = _timed(rendered.strips.strips, timings)
     record = metadata.SidrawRecord(
         ratio=decision.ratio,
         ratio_mode=decision.mode,
@@ -558,8 +507,7 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
         except OSError as exc:
             raise OutputError(f"cannot write the output stream ({exc})", "-") from None
         out_name = "-"
-    timings["render"] += clock.busy
-    timings["write"] = time.perf_counter() - start - clock.waited
+    timings["write"] = time.perf_counter() - start - (timings["render"] - render_before)
     return ConvertResult(
         input=src_name,
         output=out_name,
