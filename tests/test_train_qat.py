@@ -106,6 +106,17 @@ def test_fake_quant_rounds_like_quantizelinear() -> None:
     assert xg.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
 
+def _fake_and_plain(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's output with fake quantisation, then with it switched off (the caller turns it
+    back on)."""
+    with torch.no_grad():
+        fq = model(torch.from_numpy(x)).numpy()
+        model.set_mode("off")
+        model.weight_quant = False
+        plain = model(torch.from_numpy(x)).numpy()
+    return fq, plain
+
+
 @pytest.mark.parametrize(
     "first,head,tail",
     [(True, True, False), (False, True, False), (True, False, False), (True, False, True)],
@@ -136,11 +147,7 @@ def test_float_end_layers(tiny, tmp_path: Path, first: bool, head: bool, tail: b
         ]
         assert len(float_acts) == tail
         got = _run(int8, x)
-        with torch.no_grad():
-            fq = model(torch.from_numpy(x)).numpy()
-            model.set_mode("off")
-            model.weight_quant = False
-            plain = model(torch.from_numpy(x)).numpy()
+        fq, plain = _fake_and_plain(model, x)
     finally:
         model.float_first = model.float_head = model.float_tail = False
         model.set_mode("quant")
@@ -171,11 +178,7 @@ def test_float_level0(tiny, tmp_path: Path) -> None:
         assert any("MaxPool" in t for t in overrides)  # pooled level-0 features: enc.0.3's range
         assert len(overrides) == len(act_points(model.net.config)) - len(model.float_points()) + 1
         got = _run(int8, x)
-        with torch.no_grad():
-            fq = model(torch.from_numpy(x)).numpy()
-            model.set_mode("off")
-            model.weight_quant = False
-            plain = model(torch.from_numpy(x)).numpy()
+        fq, plain = _fake_and_plain(model, x)
     finally:
         model.float_level0 = False
         model.set_mode("quant")
