@@ -178,7 +178,12 @@ def convert(
         typer.Option("--precision", help="auto: INT8 on CPUs when the model validated it."),
     ] = PrecisionChoice.auto,
     tile: Annotated[
-        int, typer.Option("--tile", min=64, help="Tile size in packed pixels.")
+        int,
+        typer.Option(
+            "--tile",
+            min=64,
+            help="Tile size in packed pixels (up to 1/8 longer when that saves a tile).",
+        ),
     ] = DEFAULT_TILE,
     overlap: Annotated[
         int | None,

@@ -256,11 +256,24 @@ def _normalise_at(
     """Normalise packed values taken at any packed ``rows`` x ``cols`` (e.g. reflected at a
     border), with the levels of each element's block type; returns (n, m, C) float32."""
     info = raw.info
+    t = info.layout.types
     levels = info.layout.channel_map(np.asarray(info.black, dtype=np.float32))
-    at = np.ix_(rows % info.layout.types, cols % info.layout.types)
+    white = np.float32(info.white)
     v = values.astype(np.float32)
-    v -= levels[at]
-    v /= np.float32(info.white) - levels[at]
+    # One pass per block type over the elements of that type (a (n, m, C) map of levels would
+    # cost more than the arithmetic; Bayer has a single type).
+    row_types, col_types = rows % t, cols % t
+    for ti in range(t):
+        r = np.flatnonzero(row_types == ti)
+        for tj in range(t):
+            c = np.flatnonzero(col_types == tj)
+            lv = levels[ti, tj]
+            if t == 1:
+                v -= lv
+                v *= 1.0 / (white - lv)
+            elif r.size and c.size:
+                at = np.ix_(r, c)
+                v[at] = (v[at] - lv) * (1.0 / (white - lv))
     return v
 
 

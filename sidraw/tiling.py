@@ -18,6 +18,8 @@ DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
 #: Width of the cross-fade inside an overlap, in packed pixels.
 DEFAULT_BLEND = 16
+#: Tiles may be up to ``tile // TILE_SLACK`` longer than asked when that saves a tile on an axis.
+TILE_SLACK = 8
 
 #: A function from a (1, C, t, t') float32 NCHW batch to a (1, C', t, t') float32 batch.
 TileFn = Callable[[np.ndarray], np.ndarray]
@@ -44,11 +46,17 @@ class AxisPlan:
     origins: tuple[int, ...]
 
 
+def longest_tile(tile: int, multiple: int) -> int:
+    """The longest tile side :func:`plan_axis` may choose when asked for ``tile``."""
+    return tile + tile // TILE_SLACK // multiple * multiple
+
+
 def plan_axis(length: int, tile: int, overlap: int, multiple: int, margin: int) -> AxisPlan:
     """Tile one axis of ``length`` pixels.
 
-    Tiles are ``tile`` long (or the whole padded axis when that is shorter), overlap by
-    ``overlap`` and start at multiples of ``multiple``.
+    Tiles are about ``tile`` long (at most ``tile // TILE_SLACK`` longer, rounded down to
+    ``multiple``, when that saves one tile; or the whole padded axis when that is shorter),
+    overlap by ``overlap`` and start at multiples of ``multiple``.
     """
     if tile % multiple or overlap % multiple:
         raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {multiple}")
@@ -62,6 +70,13 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int, margin: int) 
     # As many tiles as full-size ones would need, shrunk to just cover the axis: the padding
     # beyond the image is then less than one alignment step per tile instead of up to a tile.
     size = min(tile, _round_up(-(-(body - overlap) // count) + overlap, multiple))
+    # One tile fewer, if slightly longer tiles then cover the axis: the network's time follows
+    # the pixels it is fed, and fewer tiles repeat fewer overlaps (a 12 MP Bayer frame: 15
+    # tiles of 528x480 instead of 20 of 416x480, 5 % fewer pixels).
+    longest = longest_tile(tile, multiple)
+    fewer = _round_up(-(-(body - overlap) // (count - 1)) + overlap, multiple) if count > 1 else 0
+    if count > 1 and fewer <= longest:
+        count, size = count - 1, fewer
     stride = size - overlap
     padded = size + (count - 1) * stride
     origins = tuple(i * stride for i in range(count))

@@ -8,6 +8,7 @@ from sidraw.model import Network, card_for, load_card
 from sidraw.tiling import (
     DEFAULT_TILE,
     axis_weight,
+    longest_tile,
     plan_axis,
     run_tiled,
     run_whole,
@@ -46,7 +47,27 @@ def test_memory_is_bounded_by_the_tile() -> None:
         return batch
 
     run_tiled(np.zeros((1500, 2200, 4), np.float32), fn, tile=256, overlap=48)
-    assert len(seen) > 1 and all(s[2] <= 256 and s[3] <= 256 for s in seen)
+    longest = longest_tile(256, 16)
+    assert len(seen) > 1 and all(s[2] <= longest and s[3] <= longest for s in seen)
+
+
+@pytest.mark.parametrize("length", [900, 1416, 2120, 2832, 4000])
+def test_plan_uses_slightly_longer_tiles_when_that_saves_one(length: int) -> None:
+    tile, overlap, margin = 512, 48, 32
+    plan = plan_axis(length, tile, overlap, 16, margin)
+    body = length + 2 * margin
+    assert plan.size <= longest_tile(tile, 16)
+    # No plan with one tile fewer fits within the slack.
+    fewer = len(plan.origins) - 1
+    if fewer >= 1:
+        needed = -(-(body - overlap) // fewer) + overlap
+        assert needed > longest_tile(tile, 16)
+
+
+def test_twelve_megapixel_bayer_frame_takes_fifteen_tiles() -> None:
+    # 4240x2832 photosites pack to 1416x2120: 3 rows of 528 instead of 4 of 416.
+    py, px = plan_axis(1416, 512, 48, 16, 32), plan_axis(2120, 512, 48, 16, 32)
+    assert (len(py.origins), py.size, len(px.origins), px.size) == (3, 528, 5, 480)
 
 
 def test_random_unet_tiled_matches_whole_at_default_settings(models_dir: Path) -> None:
@@ -128,5 +149,5 @@ def test_streaming_reads_tiles_and_writes_rows_once(shape, tile: int, overlap: i
     run_tiled_stream(shape, read, net, write, tile=tile, overlap=overlap, out_channels=3)
     assert seen[0][0] == 0 and seen[-1][1] == shape[0]
     assert all(a[1] == b[0] for a, b in itertools.pairwise(seen))  # in order, no gap
-    assert biggest_read <= tile * tile
+    assert biggest_read <= longest_tile(tile, 16) ** 2
     np.testing.assert_array_equal(out, _reference_tiled(x, net, tile, overlap, margin))
