@@ -101,8 +101,10 @@ ALGORITHMS: dict[str, list[tuple[str, rawpy.DemosaicAlgorithm]]] = {
         ("VNG", DA.VNG),
     ],
 }
-MODELS = {"bayer": ROOT / "weights" / "sidraw-bayer.onnx",
-          "xtrans": ROOT / "weights" / "sidraw-xtrans.onnx"}
+MODELS = {
+    "bayer": ROOT / "weights" / "sidraw-bayer.onnx",
+    "xtrans": ROOT / "weights" / "sidraw-xtrans.onnx",
+}
 SAMPLES = {
     "bayer": "bayer-12mp-4240x2832-938999cf06.dng",
     "xtrans": "xtrans-24mp-6000x4000-938999cf06.dng",
@@ -113,9 +115,9 @@ SHIFTS = (-1, 0, 1)
 BLUR_SIGMA = 2.0
 
 
-def params_for(algorithm: rawpy.DemosaicAlgorithm | None, xtrans: bool) -> rawpy.Params:
+def params_for(algorithm: rawpy.DemosaicAlgorithm | None) -> rawpy.Params:
     """sidraw's render parameters (sRGB) with LibRaw's demosaic replaced (None: sidraw's own)."""
-    params = render_params(encoding_for("srgb"), xtrans=xtrans)
+    params = render_params(encoding_for("srgb"))
     if algorithm is not None:
         params.user_qual = algorithm.value
     return params
@@ -130,8 +132,7 @@ def render_packed(
     """
     dn = denormalise_packed(packed, renderer.layout, renderer.black, renderer.white)
     load_mosaic(renderer.raw, unpack(dn, renderer.layout, renderer.shape))
-    xtrans = renderer.layout.period == 6
-    img = renderer.raw.postprocess(params_for(algorithm, xtrans))
+    img = renderer.raw.postprocess(params_for(algorithm))
     return img.astype(np.float64) / 65535.0
 
 
@@ -161,8 +162,11 @@ def reference(lin: np.ndarray, pair: Pair, tmpdir: Path) -> np.ndarray:
     big[1::2, 0::2] = dn[..., 1]
     big[1::2, 1::2] = dn[..., 2]
     meta = DngMetadata(
-        pattern=BAYER_PATTERN, black=float(nz.black), white=nz.white,
-        color_matrix=pair.camera.xyz2cam, as_shot_neutral=pair.camera.as_shot_neutral,
+        pattern=BAYER_PATTERN,
+        black=float(nz.black),
+        white=nz.white,
+        color_matrix=pair.camera.xyz2cam,
+        as_shot_neutral=pair.camera.as_shot_neutral,
     )
     path = tmpdir / "reference.dng"
     write_dng(path, big, meta)
@@ -225,14 +229,23 @@ def accuracy(
                 blurred = np.stack(
                     [gaussian_filter(lin[..., c], BLUR_SIGMA) for c in range(3)], axis=-1
                 ).astype(np.float32)
-                blurred_psnr.append(psnr(
-                    interior(render_packed(renderer, pack(mosaic(blurred, pair.pattern),
-                                                          renderer.layout), None), border),
-                    interior(reference(blurred, pair, Path(td)), border),
-                ))
+                blurred_psnr.append(
+                    psnr(
+                        interior(
+                            render_packed(
+                                renderer, pack(mosaic(blurred, pair.pattern), renderer.layout), None
+                            ),
+                            border,
+                        ),
+                        interior(reference(blurred, pair, Path(td)), border),
+                    )
+                )
                 default_matches.append(
-                    bool(np.array_equal(render_packed(renderer, pair.clean, None),
-                                        renderer(pair.clean)))
+                    bool(
+                        np.array_equal(
+                            render_packed(renderer, pair.clean, None), renderer(pair.clean)
+                        )
+                    )
                 )
                 for label, algo in algos:
                     tr = time.perf_counter()
@@ -245,8 +258,7 @@ def accuracy(
                     }
                     a = interior(clean_img, border)
                     shift_psnr[label].append(
-                        [[psnr(a, interior(ref, border, dy, dx)) for dx in SHIFTS]
-                         for dy in SHIFTS]
+                        [[psnr(a, interior(ref, border, dy, dx)) for dx in SHIFTS] for dy in SHIFTS]
                     )
                     colour_diff[label].append(
                         [float(v) for v in (a - interior(ref, border)).mean(axis=(0, 1))]
@@ -263,9 +275,7 @@ def accuracy(
         "algorithms": {label: algo.name for label, algo in algos},
         "per_case": per_case,
         "summary": summarise(cases, per_case, [label for label, _ in algos]),
-        "render_s_per_mp": {
-            k: round(v / (2 * megapixels), 4) for k, v in render_s.items()
-        },
+        "render_s_per_mp": {k: round(v / (2 * megapixels), 4) for k, v in render_s.items()},
         "sanity": {
             "linear_image_matches_pair": True,  # ground_truth_linear raises otherwise
             "default_setting_matches_evaluate_renderer": all(default_matches),
@@ -276,9 +286,9 @@ def accuracy(
             },
             "clean_psnr_vs_shift_dy_dx": {
                 label: {
-                    f"{dy:+d},{dx:+d}": round(float(np.mean(
-                        [v[iy][ix] for v in vals])), 3)
-                    for iy, dy in enumerate(SHIFTS) for ix, dx in enumerate(SHIFTS)
+                    f"{dy:+d},{dx:+d}": round(float(np.mean([v[iy][ix] for v in vals])), 3)
+                    for iy, dy in enumerate(SHIFTS)
+                    for ix, dx in enumerate(SHIFTS)
                 }
                 for label, vals in shift_psnr.items()
             },
@@ -290,9 +300,7 @@ def accuracy(
     }
 
 
-def summarise(
-    cases: list[Case], per_case: dict[str, Any], labels: list[str]
-) -> dict[str, Any]:
+def summarise(cases: list[Case], per_case: dict[str, Any], labels: list[str]) -> dict[str, Any]:
     """Mean scores per set (and over all cases) and algorithm."""
     groups: dict[str, list[str]] = {s.name: [c.id for c in cases if c.set == s] for s in SETS}
     groups["all"] = [c.id for c in cases]
@@ -304,8 +312,9 @@ def summarise(
         for label in labels:
             entry[label] = {
                 kind: {
-                    m: round(float(np.mean([per_case[i]["scores"][label][kind][m] for i in ids])),
-                             4)
+                    m: round(
+                        float(np.mean([per_case[i]["scores"][label][kind][m] for i in ids])), 4
+                    )
                     for m in ("psnr", "ssim", "psnr_full")
                 }
                 for kind in ("clean", "denoised")
@@ -314,11 +323,19 @@ def summarise(
             # standard error, and the share of cases where this algorithm scores higher.
             vs: dict[str, dict[str, float]] = {}
             for kind in ("clean", "denoised"):
-                d = np.array([per_case[i]["scores"][label][kind]["psnr"]
-                              - per_case[i]["scores"][labels[0]][kind]["psnr"] for i in ids])
+                d = np.array(
+                    [
+                        per_case[i]["scores"][label][kind]["psnr"]
+                        - per_case[i]["scores"][labels[0]][kind]["psnr"]
+                        for i in ids
+                    ]
+                )
                 sem = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-                vs[kind] = {"psnr_diff": round(float(d.mean()), 4), "sem": round(sem, 4),
-                            "wins": round(float(np.mean(d > 0)), 3)}
+                vs[kind] = {
+                    "psnr_diff": round(float(d.mean()), 4),
+                    "sem": round(sem, 4),
+                    "wins": round(float(np.mean(d > 0)), 3),
+                }
             entry[label]["vs_current"] = vs
         out[name] = entry
     return out
@@ -336,7 +353,7 @@ def timing(cfa: str, reps: int, cache: Path) -> dict[str, Any]:
         out["megapixels"] = round(raw.raw_image_visible.size / 1e6, 2)
         for _ in range(reps):  # interleaved: every algorithm once, then again
             for label, algo in ALGORITHMS[cfa]:
-                params = params_for(algo, cfa == "xtrans")
+                params = params_for(algo)
                 t, c = time.perf_counter(), time.process_time()
                 img = raw.postprocess(params)
                 seconds.setdefault(label, []).append(time.perf_counter() - t)
@@ -353,16 +370,20 @@ def timing(cfa: str, reps: int, cache: Path) -> dict[str, Any]:
 def print_tables(result: dict[str, Any]) -> None:
     for cfa, acc in result.get("accuracy", {}).items():
         print(f"\n## {cfa}: mean sRGB PSNR (dB) / SSIM against the ground truth, interior")
-        print("| set | algorithm | clean PSNR | clean SSIM | denoised PSNR | denoised SSIM |"
-              " denoised vs current (dB, +-SE, wins) |")
+        print(
+            "| set | algorithm | clean PSNR | clean SSIM | denoised PSNR | denoised SSIM |"
+            " denoised vs current (dB, +-SE, wins) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for set_name, entry in acc["summary"].items():
             for label in acc["algorithms"]:
                 c, d = entry[label]["clean"], entry[label]["denoised"]
                 v = entry[label]["vs_current"]["denoised"]
-                print(f"| {set_name} | {label} | {c['psnr']:.2f} | {c['ssim']:.4f} | "
-                      f"{d['psnr']:.2f} | {d['ssim']:.4f} | {v['psnr_diff']:+.3f} "
-                      f"+-{v['sem']:.3f}, {v['wins']:.0%} |")
+                print(
+                    f"| {set_name} | {label} | {c['psnr']:.2f} | {c['ssim']:.4f} | "
+                    f"{d['psnr']:.2f} | {d['ssim']:.4f} | {v['psnr_diff']:+.3f} "
+                    f"+-{v['sem']:.3f}, {v['wins']:.0%} |"
+                )
         print("sanity:", json.dumps(acc["sanity"], indent=1))
     for cfa, t in result.get("timing", {}).items():
         print(f"\n## {cfa} full-frame postprocess, 1 thread: {json.dumps(t)}")
@@ -393,9 +414,7 @@ def main(argv: list[str] | None = None) -> None:
             if n > 0
         }
     if not a.no_timing:  # last, so the accuracy part never overlaps the timed runs
-        result["timing"] = {
-            cfa: timing(cfa, a.reps, Path(a.cache)) for cfa in ("bayer", "xtrans")
-        }
+        result["timing"] = {cfa: timing(cfa, a.reps, Path(a.cache)) for cfa in ("bayer", "xtrans")}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

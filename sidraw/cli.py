@@ -61,6 +61,12 @@ class PrecisionChoice(str, Enum):
     int8 = "int8"
 
 
+class DemosaicChoice(str, Enum):
+    ppg = "ppg"
+    ahd = "ahd"
+    dht = "dht"
+
+
 class ColorSpaceChoice(str, Enum):
     srgb = "srgb"
     adobe = "adobe"
@@ -158,6 +164,14 @@ def convert(
         ColorSpaceChoice,
         typer.Option("--color-space", help="Output primaries (rec2020 is linear Rec. 2020)."),
     ] = ColorSpaceChoice.srgb,
+    demosaic: Annotated[
+        DemosaicChoice,
+        typer.Option(
+            "--demosaic",
+            help="LibRaw demosaic: ppg is fastest; ahd and dht are slower, dht a little sharper "
+            "(X-Trans: ppg = 1-pass Markesteijn, the others 3-pass).",
+        ),
+    ] = DemosaicChoice.ppg,
     strip_gps: Annotated[
         bool, typer.Option("--strip-gps", help="Do not copy GPS position into the outputs.")
     ] = False,
@@ -249,6 +263,7 @@ def convert(
         fmt=fmt.value,
         linear=linear,
         color_space=color_space.value,
+        demosaic=demosaic.value,
         strip_gps=strip_gps,
         preview=preview,
         tile=tile,

@@ -29,7 +29,7 @@ from .mosaic import denormalise_packed, normalise_packed, pack_rows, unpack_rows
 from .output import ImageFormat, check_target, write_atomic, write_image_strips
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
-from .render import Strips, render, render_strips
+from .render import DEFAULT_DEMOSAIC, DEMOSAICS, Demosaic, Strips, render, render_strips
 from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
@@ -48,6 +48,8 @@ class ConvertOptions:
         linear: linear transfer curve instead of the colour space's own.
         color_space: output primaries (``srgb``, ``adobe``, ``p3``, ``rec2020`` (linear),
             ``prophoto``).
+        demosaic: LibRaw's demosaic (``"ppg"``, ``"ahd"``, ``"dht"``; see
+            :data:`sidraw.render.DEMOSAICS`).
         strip_gps: leave GPS tags out of the output.
         preview: also write a small before/after JPEG next to the output.
         tile, overlap: tiling in packed pixels (overlap None: the model card's measured one).
@@ -60,6 +62,7 @@ class ConvertOptions:
     fmt: ImageFormat = "tiff"
     linear: bool = False
     color_space: str = "srgb"
+    demosaic: Demosaic = DEFAULT_DEMOSAIC
     strip_gps: bool = False
     preview: bool = False
     tile: int = DEFAULT_TILE
@@ -305,10 +308,11 @@ def _render_stage(raw: RawFile, naive: np.ndarray | None, opts: ConvertOptions) 
         return _Rendered(None, (raw.mosaic, _dng_metadata(raw)), None)
     encoding = encoding_for(opts.color_space, opts.linear)
     if naive is None:
-        return _Rendered(render_strips(raw, encoding=encoding), None, encoding)
+        strips = render_strips(raw, encoding=encoding, demosaic=opts.demosaic)
+        return _Rendered(strips, None, encoding)
     # A preview needs both whole frames (LibRaw's half-size mode changes the buffer's shape).
-    after = render(raw.handle, encoding=encoding)
-    before = render(raw.handle, naive)
+    after = render(raw.handle, encoding=encoding, demosaic=opts.demosaic)
+    before = render(raw.handle, naive, demosaic=opts.demosaic)
     strips = Strips((after.shape[0], after.shape[1]), iter([after]), banded=False)
     return _Rendered(strips, None, encoding, preview=(before, after))
 
@@ -424,6 +428,8 @@ def prepare_file(
     previous one in another thread. Arguments as for :func:`convert_file`.
     """
     opts = options or ConvertOptions()
+    if opts.demosaic not in DEMOSAICS:  # a caller's mistake: say so before any work is spent
+        raise ValueError(f"unknown demosaic {opts.demosaic!r} (choose from {', '.join(DEMOSAICS)})")
     cache = models or ModelCache(model, device)
     t0 = time.perf_counter()
     src_name = os.fspath(src)

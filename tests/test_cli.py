@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+import sidraw
 from sidraw import __version__
 from sidraw.cli import app
 
@@ -99,12 +100,28 @@ def test_target_exposure_uses_exif(tmp_path: Path, models_dir: Path, make_dng) -
     assert res.exit_code == 0 and "x100.0" in res.output
 
 
+def test_demosaic_option(tmp_path: Path, models_dir: Path, make_dng) -> None:
+    src = make_dng("d.dng")
+    images = {}
+    for demosaic in ("ppg", "ahd"):
+        out = tmp_path / demosaic
+        res = run("convert", src, "-o", out, "--model", models_dir, "--demosaic", demosaic)
+        assert res.exit_code == 0, res.output
+        images[demosaic] = tifffile.imread(out / "d.tif")
+    assert images["ppg"].shape == images["ahd"].shape
+    assert not np.array_equal(images["ppg"], images["ahd"])
+    with pytest.raises(ValueError, match="unknown demosaic"):
+        sidraw.convert_file(src, tmp_path / "x.tif", sidraw.ConvertOptions(demosaic="vng"))  # type: ignore[arg-type]
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_usage_errors_exit_2(tmp_path: Path, make_dng) -> None:
     src = make_dng("u.dng")
     assert run("convert", src, "--ratio", "lots").exit_code == 2
     assert run("convert", src, "--ratio", "10", "--target-exposure", "3").exit_code == 2
     assert run("convert", src, "--tile", "500").exit_code == 2
     assert run("convert", src, "--format", "jpeg").exit_code == 2
+    assert run("convert", src, "--demosaic", "bilinear").exit_code == 2
     assert run("convert").exit_code == 2
 
 

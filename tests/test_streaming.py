@@ -21,7 +21,7 @@ from sidraw.mosaic import layout_from_letters, pack, pack_rows, unpack_rows_into
 from sidraw.output import write_image_strips
 from sidraw.pipeline import ConvertOptions, denoise, finish_file, prepare_file
 from sidraw.raw import open_raw
-from sidraw.render import render, render_strips
+from sidraw.render import DEMOSAICS, Demosaic, render, render_strips
 from sidraw.sample import XTRANS_PATTERN, pattern_letters, write_sample
 
 PATTERNS = ["RGGB", "GBRG", "BGGR", "GRBG", XTRANS_PATTERN, np.roll(XTRANS_PATTERN, (1, 2), (0, 1))]
@@ -53,20 +53,52 @@ def _dng(path: Path, pattern: str, orientation: int = 1, width: int = 640, heigh
 
 
 @pytest.mark.parametrize(
-    ("orientation", "width", "height"), [(1, 640, 480), (3, 641, 479), (6, 640, 480), (8, 639, 481)]
+    ("orientation", "width", "height", "demosaic"),
+    [
+        (1, 640, 480, "ppg"),
+        (3, 641, 479, "ppg"),
+        (6, 640, 480, "ppg"),
+        (8, 639, 481, "ppg"),
+        (3, 641, 479, "ahd"),
+        (6, 640, 480, "ahd"),
+    ],
 )
 def test_band_render_equals_the_whole_frame(
-    tmp_path: Path, orientation: int, width: int, height: int
+    tmp_path: Path, orientation: int, width: int, height: int, demosaic: Demosaic
 ) -> None:
     # Odd sizes: bands counted from the far end start at odd photosites (the pattern shifts).
     src = _dng(tmp_path / "a.dng", "GBRG", orientation, width=width, height=height)
     with open_raw(src) as raw:
-        whole = render(raw.handle)
-        strips = render_strips(raw, band_photosites=40_000)  # 64-row bands: 8 of them
+        whole = render(raw.handle, demosaic=demosaic)
+        strips = render_strips(raw, band_photosites=40_000, demosaic=demosaic)  # 8 bands of 64
         parts = list(strips.strips)
     assert strips.banded and len(parts) >= 7
     assert strips.shape == whole.shape[:2]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_dht_renders_the_whole_frame(tmp_path: Path) -> None:
+    # DHT scales by the frame's channel extremes: bands would render differently.
+    src = _dng(tmp_path / "a.dng", "GBRG", 6)
+    with open_raw(src) as raw:
+        whole = render(raw.handle, demosaic="dht")
+        strips = render_strips(raw, band_photosites=40_000, demosaic="dht")
+        parts = list(strips.strips)
+    assert not strips.banded and len(parts) == 1
+    # LibRaw's DHT runs in parallel and is not deterministic near its blocks' edges either.
+    diff = np.abs(parts[0].astype(np.int64) - whole.astype(np.int64))
+    assert np.mean(diff.max(axis=2) > 0) < 0.01
+
+
+def test_demosaic_choices_differ_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    src = _dng(tmp_path / "d.dng", "RGGB", 1)
+    with open_raw(src) as raw:
+        images = {d: render(raw.handle, demosaic=d) for d in DEMOSAICS}
+        with pytest.raises(ValueError, match="unknown demosaic"):
+            render(raw.handle, demosaic="bilinear")  # type: ignore[arg-type]
+    assert all(
+        not np.array_equal(images[a], images[b]) for a in DEMOSAICS for b in DEMOSAICS if a < b
+    )
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
