@@ -154,13 +154,7 @@ def denoise(
         return band["values"]
 
     def normalised(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        values = packed_rows(rows)
-        rs, cs = _as_slice(rows), _as_slice(cols)
-        if rs is not None and cs is not None:
-            return normalise_packed(
-                values[:, cs], layout, black, info.white, origin=(rs.start, cs.start)
-            )
-        return _normalise_at(values[:, cols], raw, rows, cols)
+        return _normalise_at(packed_rows(rows), raw, rows, cols)
 
     if decision is None:
         decision = choose_file_ratio(raw, options)
@@ -256,37 +250,34 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
 def _normalise_at(
     values: np.ndarray, raw: RawFile, rows: np.ndarray, cols: np.ndarray
 ) -> np.ndarray:
-    """Normalise packed values taken at any packed ``rows`` x ``cols`` (e.g. reflected at a
-    border), with the levels of each element's block type; returns (n, m, C) float32."""
+    """Normalise packed values at any packed ``rows`` x ``cols`` (e.g. reflected at a border),
+    each with the levels of its block type.
+
+    Args:
+        values: (n, w, C) packed rows ``rows`` of the image, all ``w`` columns (raw DN).
+        raw: the open file (levels, layout).
+        rows: (n,) packed row indices of ``values``.
+        cols: (m,) packed column indices to return, in any order.
+
+    Returns:
+        (n, m, C) float32, 0 at black and 1 at white (as :func:`normalise_packed`).
+    """
     info = raw.info
     t = info.layout.types
-    levels = info.layout.channel_map(np.asarray(info.black, dtype=np.float32))
-    white = np.float32(info.white)
-    v = values.astype(np.float32)
-    # One pass per block type over the elements of that type (a (n, m, C) map of levels would
-    # cost more than the arithmetic; Bayer has a single type).
-    row_types, col_types = rows % t, cols % t
-    for ti in range(t):
-        r = np.flatnonzero(row_types == ti)
-        for tj in range(t):
-            c = np.flatnonzero(col_types == tj)
-            lv = levels[ti, tj]
-            if t == 1:
-                v -= lv
-                v *= 1.0 / (white - lv)
-            elif r.size and c.size:
-                at = np.ix_(r, c)
-                v[at] = (v[at] - lv) * (1.0 / (white - lv))
-    return v
-
-
-def _as_slice(index: np.ndarray) -> slice | None:
-    """The slice equal to an index array of consecutive integers, else None."""
-    if index.size == 0 or int(index[-1]) - int(index[0]) + 1 != index.size:
-        return None
-    if index.size > 1 and not bool(np.all(np.diff(index) == 1)):
-        return None
-    return slice(int(index[0]), int(index[-1]) + 1)
+    levels = info.layout.channel_map(np.asarray(info.black, dtype=np.float32))  # (t, t, C)
+    lo, hi = int(cols.min()), int(cols.max()) + 1
+    v = values[:, lo:hi].astype(np.float32)
+    # Columns keep their image order here, so a column type is a stride; the (n, t, C) levels of
+    # each row broadcast over it. No (n, m, C) map of levels and no fancy indexing.
+    row_levels = levels[rows % t]
+    row_scale = 1.0 / (np.float32(info.white) - row_levels)
+    for tj in range(t):
+        view = v[:, (tj - lo) % t :: t]
+        view -= row_levels[:, None, tj]
+        view *= row_scale[:, None, tj]
+    if cols.size == hi - lo and bool(np.all(np.diff(cols) == 1)):
+        return v
+    return v[:, cols - lo]
 
 
 @dataclass

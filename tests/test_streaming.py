@@ -259,3 +259,28 @@ def test_converting_after_the_file_bytes_are_released_changes_nothing(
     data = src.read_bytes()
     sidraw.convert_file(src, tmp_path / "given.tif", opts, model=models_dir, data=data)
     assert len(released) == 1 and data == src.read_bytes()
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=lambda p: "".join(np.ravel(p))[:8])
+def test_normalising_at_reflected_indices_equals_the_whole_image(pattern) -> None:
+    from types import SimpleNamespace
+
+    from sidraw.mosaic import normalise_packed
+    from sidraw.pipeline import _normalise_at
+
+    layout = layout_from_letters(pattern)
+    rng = np.random.default_rng(2)
+    period = layout.period
+    black = rng.uniform(500, 600, (period, period)).astype(np.float32)
+    packed = pack(rng.integers(0, 16383, (120, 180)).astype(np.uint16), layout)
+    h, w, _ = packed.shape
+    whole = normalise_packed(packed, layout, black, 16383)
+    raw = SimpleNamespace(info=SimpleNamespace(layout=layout, black=black, white=16383))
+    cases = [
+        (np.r_[3:0:-1, 0:h], np.r_[5:0:-1, 0:w, w - 2 : w - 6 : -1]),  # reflected borders
+        (np.arange(5, h - 3), np.arange(7, w - 2)),  # a window at odd offsets
+        (np.arange(0, h, 3), np.arange(w)),  # a row sample
+    ]
+    for rows, cols in cases:
+        got = _normalise_at(packed[rows], raw, rows, cols)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got, whole[np.ix_(rows, cols)])
