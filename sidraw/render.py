@@ -130,8 +130,9 @@ BAND_PHOTOSITES = 3_000_000
 #: seam come out as a whole-frame render with its tiles elsewhere would have them.
 XTRANS_BAND_MARGIN = 36
 XTRANS_BAND_PHOTOSITES = 9_000_000
-#: Demosaics that render a band as they render it in the frame: LibRaw's DHT scales by the
-#: frame's channel extremes, so a DHT band comes out differently and DHT renders the whole frame.
+#: Bayer demosaics that render a band as they render it in the frame: LibRaw's DHT scales by the
+#: frame's channel extremes, so a DHT band comes out differently and DHT renders the whole frame
+#: (on X-Trans, LibRaw runs its Markesteijn demosaic for every choice).
 _BANDED_DEMOSAICS = frozenset({"ppg", "ahd"})
 #: LibRaw's X-Trans demosaic needs frames of at least its tile size.
 _XTRANS_MIN_BAND = 768
@@ -194,8 +195,8 @@ def render_strips(
     rendered at a time. Bands are used only when LibRaw derives exactly the same rendering
     parameters (camera matrix, white balance, levels, pattern) from the band as from the file;
     otherwise, for X-Trans frames too small for LibRaw's X-Trans demosaic, and with the DHT
-    demosaic, the frame is rendered whole. Bayer bands give exactly the whole-frame render;
-    X-Trans bands differ from it in a few pixels near each seam (see
+    demosaic on Bayer files, the frame is rendered whole. Bayer bands give exactly the
+    whole-frame render; X-Trans bands differ from it in a few pixels near each seam (see
     :data:`XTRANS_BAND_PHOTOSITES`).
 
     Args:
@@ -212,7 +213,9 @@ def render_strips(
     flip = int(raw.handle.sizes.flip) & 7
     h, w = raw.mosaic.shape
     out_shape = (w, h) if flip & 4 else (h, w)
-    found = _banding(raw, flip, band_photosites) if demosaic in _BANDED_DEMOSAICS else None
+    xtrans = raw.info.layout.kind == "xtrans"  # Markesteijn whatever the choice: bands work
+    bands = xtrans or demosaic in _BANDED_DEMOSAICS
+    found = _banding(raw, flip, band_photosites) if bands else None
     if found is None:
         whole = render(raw.handle, encoding=enc, demosaic=demosaic)
         return Strips(out_shape, iter([whole]), banded=False)

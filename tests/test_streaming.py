@@ -85,6 +85,8 @@ def test_dht_renders_the_whole_frame(tmp_path: Path) -> None:
         strips = render_strips(raw, band_photosites=40_000, demosaic="dht")
         parts = list(strips.strips)
     assert not strips.banded and len(parts) == 1
+    with open_raw(_dng(tmp_path / "x.dng", "xtrans", width=1799, height=1621)) as raw:
+        assert render_strips(raw, band_photosites=600_000, demosaic="dht").banded  # Markesteijn
     # LibRaw's DHT runs in parallel and is not deterministic near its blocks' edges either.
     diff = np.abs(parts[0].astype(np.int64) - whole.astype(np.int64))
     assert np.mean(diff.max(axis=2) > 0) < 0.01
