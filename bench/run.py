@@ -247,7 +247,11 @@ def sidraw_cases(
     model_opt = ["--model", model.spec] if model.spec else []
     e2e_dir = out / f"{frame.key}-e2e"
     e2e_dir.mkdir(parents=True, exist_ok=True)
-    common = ["--src", str(src), "--cfa", frame.cfa, "--ratio", str(RATIO), *model_opt, *tuning]
+    common = [
+        *["--src", str(src), "--cfa", frame.cfa, "--ratio", str(RATIO), "--device", args.device],
+        *model_opt,
+        *tuning,
+    ]
     # A batch of BATCH_FILES links to the frame: per-file time with files overlapping (default)
     # and one at a time (--serial).
     batch_in = out / f"{frame.key}-batch-in"
@@ -271,7 +275,7 @@ def sidraw_cases(
                 label,
                 "sidraw",
                 [py, "-m", "sidraw", "convert", str(batch_in), "--out", str(batch_out),
-                 "--overwrite", "--ratio", str(RATIO), "--device", "cpu", "-q",
+                 "--overwrite", "--ratio", str(RATIO), "--device", args.device, "-q",
                  *model_opt, *tuning, *extra],
                 output=batch_out / f"{src.stem}-{BATCH_FILES - 1}.tif",
                 files=BATCH_FILES,
@@ -294,7 +298,7 @@ def sidraw_cases(
                 "--ratio",
                 str(RATIO),
                 "--device",
-                "cpu",
+                args.device,
                 *model_opt,
                 *tuning,
             ],
@@ -394,10 +398,13 @@ def run_cases(frame: Frame, cases: list[Case], reps: int, timeout: float) -> Non
 
 
 class ConvThroughput:
-    """This CPU's 3x3 convolution throughput per precision, measured once each, on demand."""
+    """The device's 3x3 convolution throughput per precision, measured once each, on demand."""
 
-    def __init__(self, threads: int, reps: int, timeout: float, notes: list[str]) -> None:
+    def __init__(
+        self, threads: int, reps: int, timeout: float, notes: list[str], device: str = "cpu"
+    ) -> None:
         self.threads, self.reps, self.timeout, self.notes = threads, reps, timeout, notes
+        self.device = device
         self.results: dict[str, dict[str, Any]] = {}
 
     def get(self, precision: str) -> dict[str, Any]:
@@ -413,6 +420,8 @@ class ConvThroughput:
                 str(self.reps),
                 "--precision",
                 precision,
+                "--device",
+                self.device,
             ]
             m = measure(cmd, env=child_env(), cwd=str(ROOT), timeout=self.timeout)
             result = m.report() if m.ok else {"error": m.error()}
@@ -771,8 +780,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--precision",
-        choices=["auto", "fp32", "int8"],
+        choices=["auto", "fp32", "int8", "fp16"],
         help="sidraw --precision for every sidraw case (default: sidraw's own, auto)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="sidraw --device for every sidraw case and the convolution throughput (default cpu)",
     )
     parser.add_argument("--tile", type=int, default=512, help="tile size in packed pixels")
     parser.add_argument(
@@ -807,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = [f for f in (QUICK_FRAMES if args.quick else FULL_FRAMES) if f.cfa in args.frames]
     threads = args.threads or physical_cores()
     env = environment(threads)
+    env["device"] = args.device
     notes: list[str] = []
     m = env["machine"]
     log(
@@ -830,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     models = choose_models(args.model, {f.cfa for f in frames}, args.cache, notes)
     out = Path(tempfile.mkdtemp(prefix="outputs-", dir=args.cache))
 
-    convs = ConvThroughput(threads, 2 if args.quick else 5, args.timeout, notes)
+    convs = ConvThroughput(threads, 2 if args.quick else 5, args.timeout, notes, args.device)
     convs.get("fp32")
 
     results: dict[str, dict[str, Any]] = {}

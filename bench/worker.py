@@ -4,7 +4,7 @@ prints one JSON line with what it measured.
     python bench/worker.py stages  --src F.dng --dst F.tif --cfa bayer [--model M] [--threads N]
     python bench/worker.py network --src F.dng --cfa bayer [--model M] [--threads N] [--tile 512]
     python bench/worker.py conv    [--threads N] [--size 512] [--channels 64] [--reps 5]
-                                   [--precision fp32|int8]
+                                   [--precision fp32|int8|fp16] [--device cpu|cuda]
     python bench/worker.py rawpy   --src F.dng --dst F.tif
 
 run.py puts the checkout first on PYTHONPATH, so these measure the working tree's sidraw.
@@ -90,7 +90,7 @@ def cmd_stages(args: argparse.Namespace) -> None:
         if done == total:
             last_tile[0] = time.perf_counter()
 
-    cache = ModelCache(args.model or None, "cpu", args.threads, args.precision)
+    cache = ModelCache(args.model or None, args.device, args.threads, args.precision)
     options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile, overwrite=True)
     sampler = RssSampler()
     sampler.start()
@@ -129,7 +129,7 @@ def cmd_network(args: argparse.Namespace) -> None:
     from sidraw.raw import open_raw
 
     card = card_for(args.cfa, args.model or None)
-    network = Network(card, "cpu", args.threads, args.precision)
+    network = Network(card, args.device, args.threads, args.precision)
     with open_raw(args.src) as raw:
         info = raw.info
         photosites = pack(raw.mosaic, info.layout)
@@ -182,8 +182,9 @@ def _quantized(model_bytes: bytes, x: np.ndarray) -> bytes:
 
 
 def cmd_conv(args: argparse.Namespace) -> None:
-    """This CPU's convolution throughput: one 3x3 conv, same onnxruntime settings as sidraw
-    (fp32, or INT8 quantised like sidraw's int8 model variants)."""
+    """The device's convolution throughput: one 3x3 conv, same onnxruntime settings as sidraw
+    (fp32; INT8 quantised like sidraw's int8 model variants; float16 like its fp16 ones, on a
+    GPU)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -207,8 +208,12 @@ def cmd_conv(args: argparse.Namespace) -> None:
     data = model.SerializeToString()
     if args.precision == "int8":
         data = _quantized(data, x)
+    elif args.precision == "fp16":
+        from sidraw.float16 import to_float16
+
+        data = to_float16(data)
     session = ort.InferenceSession(
-        data, sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+        data, sess_options=_session_options(threads), providers=_providers(args.device)
     )
     session.run(["y"], {"x": x})
     times = []
@@ -225,10 +230,17 @@ def cmd_conv(args: argparse.Namespace) -> None:
             "seconds": times,
             "gflops_per_s": flops / min(times) / 1e9,
             "threads": threads,
+            "device": args.device,
             "channels": c,
             "size": s,
         }
     )
+
+
+def _providers(device: str) -> list[str]:
+    from sidraw.model import _providers as providers
+
+    return providers("cuda" if device == "cuda" else "cpu")
 
 
 def cmd_rawpy(args: argparse.Namespace) -> None:
@@ -268,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=100.0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--threads", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(fn=cmd_stages)
     p = sub.add_parser("network")
     p.add_argument("--src", required=True)
@@ -277,14 +290,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=100.0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--threads", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(fn=cmd_network)
     p = sub.add_parser("conv")
     p.add_argument("--threads", type=int)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.set_defaults(fn=cmd_conv)
     p = sub.add_parser("rawpy")
     p.add_argument("--src", required=True)

@@ -59,6 +59,7 @@ class PrecisionChoice(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     int8 = "int8"
+    fp16 = "fp16"
 
 
 class DemosaicChoice(str, Enum):
@@ -189,7 +190,11 @@ def convert(
     ] = None,
     precision: Annotated[
         PrecisionChoice,
-        typer.Option("--precision", help="auto: INT8 on CPUs when the model validated it."),
+        typer.Option(
+            "--precision",
+            help="auto: INT8 on CPUs, float16 on GPUs, when the model validated it; "
+            "int8 is for CPUs, fp16 for GPUs.",
+        ),
     ] = PrecisionChoice.auto,
     tile: Annotated[
         int,

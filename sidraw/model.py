@@ -20,9 +20,10 @@ from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "int8"]
+Precision = Literal["auto", "fp32", "int8", "fp16"]
 
-#: Largest validation PSNR loss (dB) at which ``auto`` precision uses a model's INT8 variant.
+#: Largest validation PSNR loss (dB) at which ``auto`` precision uses a model's INT8 variant (on
+#: CPUs) or float16 variant (on GPUs).
 INT8_MAX_PSNR_DROP = 0.1
 
 _EXPECTED_CHANNELS = {"bayer": list(BAYER_CHANNELS), "xtrans": list(XTRANS_CHANNELS)}
@@ -207,21 +208,44 @@ def _providers(device: Device) -> list[str]:
 def choose_file(card: ModelCard, precision: Precision, device: str) -> tuple[Path, str, str]:
     """The ONNX file for a precision: (path, expected sha256, precision used).
 
-    ``auto`` takes the INT8 variant on CPUs when its validation PSNR loss is at most
-    :data:`INT8_MAX_PSNR_DROP`, and fp32 otherwise.
+    ``auto`` takes the INT8 variant on CPUs, and the float16 variant on GPUs, when its validation
+    sRGB PSNR loss is at most :data:`INT8_MAX_PSNR_DROP`; fp32 otherwise. ``fp16`` is for GPUs
+    only: CPUs run float16 graphs by casting them back to float32, slower than fp32 itself.
+
+    Raises:
+        ModelError: the card has no variant of that precision, or fp16 is asked for on a CPU.
     """
-    int8 = card.variants.get("int8")
-    if precision == "int8":
-        if not int8:
-            raise ModelError(f"model {card.name} has no int8 variant", card.path)
-    elif precision == "auto":
-        drop = (int8 or {}).get("psnr_drop_db")
-        if not int8 or device == "cuda" or drop is None or float(drop) > INT8_MAX_PSNR_DROP:
-            return card.path, card.sha256, "fp32"
-    else:
+    if precision == "fp32":
         return card.path, card.sha256, "fp32"
-    assert int8 is not None
-    return card.path.parent / str(int8["file"]), str(int8.get("sha256", "")).lower(), "int8"
+    if precision == "fp16" and device != "cuda":
+        raise ModelError("--precision fp16 is for GPUs (--device cuda); CPUs use fp32 or int8")
+    kind = "fp16" if device == "cuda" else "int8"
+    variant = card.variants.get(kind) if precision in ("auto", kind) else None
+    if precision == "auto":
+        drop = (variant or {}).get("psnr_drop_db")
+        if not variant or drop is None or float(drop) > INT8_MAX_PSNR_DROP:
+            return card.path, card.sha256, "fp32"
+    elif precision == "int8" and device == "cuda":
+        raise ModelError("INT8 variants are for CPUs; use --precision fp16 or fp32 on a GPU")
+    elif not variant:
+        raise ModelError(f"model {card.name} has no {precision} variant", card.path)
+    assert variant is not None
+    if kind == "fp16":  # made from the float32 file at load (sidraw.float16): nothing to ship
+        return card.path, card.sha256, kind
+    return card.path.parent / str(variant["file"]), str(variant.get("sha256", "")).lower(), kind
+
+
+def _float16_model(path: Path) -> bytes:
+    """The float16 variant of an ONNX file (:func:`sidraw.float16.to_float16`)."""
+    try:
+        from .float16 import to_float16
+
+        return to_float16(path.read_bytes())
+    except ImportError:
+        message = "--precision fp16 needs the onnx package (pip install sidraw[gpu])"
+        raise ModelError(message, path) from None
+    except ValueError as exc:
+        raise ModelError(f"no float16 variant: {exc}", path) from None
 
 
 class Network:
@@ -231,7 +255,8 @@ class Network:
         card: the model card; its ONNX file's sha256 is checked here.
         device: ``"auto"`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), ``"cpu"``, ``"cuda"``.
         threads: intra-op threads (default: physical cores).
-        precision: ``"auto"``, ``"fp32"`` or ``"int8"`` (see :func:`choose_file`).
+        precision: ``"auto"``, ``"fp32"``, ``"int8"`` (CPUs) or ``"fp16"`` (GPUs); see
+            :func:`choose_file`.
     """
 
     def __init__(
@@ -260,8 +285,11 @@ class Network:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        model: str | bytes = str(path)
+        if self.precision == "fp16":
+            model = _float16_model(path)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own, untyped, errors
             raise ModelError(f"onnxruntime cannot load it ({exc})", path) from None
         self.card = card
