@@ -174,7 +174,7 @@ def record_variant(
     if validation:
         entry["validation"] = validation
     raw.setdefault("variants", {})["fp16"] = entry
-    card_path.write_text(json.dumps(raw, indent=1) + "\n")
+    card_path.write_text(json.dumps(raw, indent=2) + "\n")
     return entry
 
 
