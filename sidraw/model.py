@@ -217,22 +217,26 @@ def choose_file(card: ModelCard, precision: Precision, device: str) -> tuple[Pat
     """
     if precision == "fp32":
         return card.path, card.sha256, "fp32"
-    if precision == "fp16" and device != "cuda":
-        raise ModelError("--precision fp16 is for GPUs (--device cuda); CPUs use fp32 or int8")
-    kind = "fp16" if device == "cuda" else "int8"
-    variant = card.variants.get(kind) if precision in ("auto", kind) else None
+    kind = "fp16" if device == "cuda" else "int8"  # the reduced precision this device runs
+    if precision not in ("auto", kind):
+        raise ModelError(_WRONG_DEVICE[precision], card.path)
+    variant = card.variants.get(kind)
     if precision == "auto":
         drop = (variant or {}).get("psnr_drop_db")
         if not variant or drop is None or float(drop) > INT8_MAX_PSNR_DROP:
             return card.path, card.sha256, "fp32"
-    elif precision == "int8" and device == "cuda":
-        raise ModelError("INT8 variants are for CPUs; use --precision fp16 or fp32 on a GPU")
     elif not variant:
         raise ModelError(f"model {card.name} has no {precision} variant", card.path)
     assert variant is not None
     if kind == "fp16":  # made from the float32 file at load (sidraw.float16): nothing to ship
         return card.path, card.sha256, kind
     return card.path.parent / str(variant["file"]), str(variant.get("sha256", "")).lower(), kind
+
+
+_WRONG_DEVICE = {
+    "fp16": "--precision fp16 is for GPUs (--device cuda); CPUs use fp32 or int8",
+    "int8": "INT8 variants are for CPUs; use --precision fp16 or fp32 on a GPU",
+}
 
 
 def _float16_model(path: Path) -> bytes:

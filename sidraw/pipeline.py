@@ -25,11 +25,18 @@ from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .model import Device, ModelCache, Network
-from .mosaic import denormalise_packed, normalise_packed, pack_rows, unpack_rows_into
+from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
 from .output import ImageFormat, check_target, write_atomic, write_image_strips
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
-from .render import DEFAULT_DEMOSAIC, DEMOSAICS, Demosaic, Strips, render, render_strips
+from .render import (
+    DEFAULT_DEMOSAIC,
+    Demosaic,
+    Strips,
+    demosaic_algorithm,
+    render,
+    render_strips,
+)
 from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
@@ -179,6 +186,7 @@ def denoise(
     # are kept aside until the end, so that writing into the source buffer is safe.
     keep_from = min(stream_reread_start(h, tile, overlap, multiple), h - 2)
     kept: list[tuple[int, np.ndarray]] = []
+    all_cols = np.arange(w)
 
     def take_rows(row0: int, rows: np.ndarray) -> None:
         # A few rows at a time, so that the temporaries stay small however wide the image is.
@@ -190,9 +198,7 @@ def denoise(
         y = np.clip(rows, 0.0, 1.0)
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
-        x = normalise_packed(
-            pack_rows(source, layout, index), layout, black, info.white, origin=(row0, 0)
-        )
+        x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
         y[np.all(amplified(x) >= hi, axis=2)] = 1.0
         clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
         now = max(0, min(keep_from - row0, clean.shape[0]))
@@ -260,7 +266,7 @@ def _normalise_at(
         cols: (m,) packed column indices to return, in any order.
 
     Returns:
-        (n, m, C) float32, 0 at black and 1 at white (as :func:`normalise_packed`).
+        (n, m, C) float32, 0 at black and 1 at white (as :func:`sidraw.mosaic.normalise_packed`).
     """
     info = raw.info
     t = info.layout.types
@@ -419,8 +425,7 @@ def prepare_file(
     previous one in another thread. Arguments as for :func:`convert_file`.
     """
     opts = options or ConvertOptions()
-    if opts.demosaic not in DEMOSAICS:  # a caller's mistake: say so before any work is spent
-        raise ValueError(f"unknown demosaic {opts.demosaic!r} (choose from {', '.join(DEMOSAICS)})")
+    demosaic_algorithm(opts.demosaic)  # a caller's mistake: say so before any work is spent
     cache = models or ModelCache(model, device)
     t0 = time.perf_counter()
     src_name = os.fspath(src)

@@ -36,6 +36,17 @@ DEMOSAICS: dict[str, rawpy.DemosaicAlgorithm] = {
 DEFAULT_DEMOSAIC: Demosaic = "ppg"
 
 
+def demosaic_algorithm(name: str) -> rawpy.DemosaicAlgorithm:
+    """LibRaw's demosaic of that name (see :data:`DEMOSAICS`).
+
+    Raises:
+        ValueError: not one of :data:`DEMOSAICS`.
+    """
+    if name not in DEMOSAICS:
+        raise ValueError(f"unknown demosaic {name!r} (choose from {', '.join(DEMOSAICS)})")
+    return DEMOSAICS[name]
+
+
 def render_params(
     encoding: Encoding,
     *,
@@ -52,10 +63,8 @@ def render_params(
     ``demosaic`` names LibRaw's demosaic (see :data:`DEMOSAICS`, :data:`DEFAULT_DEMOSAIC`).
     ``flip`` overrides the file's orientation (LibRaw's flip code; 0 keeps the sensor's).
     """
-    if demosaic not in DEMOSAICS:
-        raise ValueError(f"unknown demosaic {demosaic!r} (choose from {', '.join(DEMOSAICS)})")
     return rawpy.Params(
-        demosaic_algorithm=DEMOSAICS[demosaic],
+        demosaic_algorithm=demosaic_algorithm(demosaic),
         use_camera_wb=True,
         use_auto_wb=False,
         no_auto_bright=True,

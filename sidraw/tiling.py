@@ -73,10 +73,10 @@ def plan_axis(length: int, tile: int, overlap: int, multiple: int, margin: int) 
     # One tile fewer, if slightly longer tiles then cover the axis: the network's time follows
     # the pixels it is fed, and fewer tiles repeat fewer overlaps (a 12 MP Bayer frame: 15
     # tiles of 528x480 instead of 20 of 416x480, 5 % fewer pixels).
-    longest = longest_tile(tile, multiple)
-    fewer = _round_up(-(-(body - overlap) // (count - 1)) + overlap, multiple) if count > 1 else 0
-    if count > 1 and fewer <= longest:
-        count, size = count - 1, fewer
+    if count > 1:
+        fewer = _round_up(-(-(body - overlap) // (count - 1)) + overlap, multiple)
+        if fewer <= longest_tile(tile, multiple):
+            count, size = count - 1, fewer
     stride = size - overlap
     padded = size + (count - 1) * stride
     origins = tuple(i * stride for i in range(count))

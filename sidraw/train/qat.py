@@ -795,34 +795,19 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--checkpoint", required=True)
     ex.add_argument("--name", default="sidraw-bayer-qat")
     ex.add_argument("--out", default="runs/qat")
-    ex.add_argument(
-        "--float-first",
-        type=int,
-        choices=[0, 1],
-        default=None,
-        help="first convolution in float (default: as trained)",
-    )
-    ex.add_argument(
-        "--float-head",
-        type=int,
-        choices=[0, 1],
-        default=None,
-        help="output convolution in float (default: as trained)",
-    )
-    ex.add_argument(
-        "--float-tail",
-        type=int,
-        choices=[0, 1],
-        default=None,
-        help="last 3x3 convolution, its LeakyReLU and the head in float",
-    )
-    ex.add_argument(
-        "--float-level0",
-        type=int,
-        choices=[0, 1],
-        default=None,
-        help="every full-resolution layer in float",
-    )
+    for flag, what in (
+        ("first", "first convolution"),
+        ("head", "output convolution"),
+        ("tail", "last 3x3 convolution, its LeakyReLU and the head"),
+        ("level0", "every full-resolution layer"),
+    ):
+        ex.add_argument(
+            f"--float-{flag}",
+            type=int,
+            choices=[0, 1],
+            default=None,
+            help=f"{what} in float (default: as trained)",
+        )
     a, rest = ap.parse_known_args(argv)
     if a.cmd == "train":
         cfg, out, resume = parse_args(rest)
