@@ -730,6 +730,10 @@ def calibrate(
 # --- command line --------------------------------------------------------------------------------
 
 
+#: Layers that may stay in float, as ``float_<flag>`` attributes of the model and CLI flags.
+FLOAT_FLAGS = ("first", "head", "tail", "level0")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -789,7 +793,7 @@ def main(argv: list[str] | None = None) -> None:
     ca.add_argument("--threads", type=int, default=1)
     ca.add_argument("--name", default="sidraw-bayer-mixed")
     ca.add_argument("--out", default="runs/qat")
-    for flag in ("first", "head", "tail", "level0"):
+    for flag in FLOAT_FLAGS:
         ca.add_argument(f"--float-{flag}", action="store_true")
     ex = sub.add_parser("export", help="write <out>/<name>.onnx and <name>.int8.onnx")
     ex.add_argument("--checkpoint", required=True)
@@ -852,24 +856,15 @@ def main(argv: list[str] | None = None) -> None:
             "calibration_batches": a.batches,
             "patch": a.patch,
             "batch": a.batch,
-            "float_first": a.float_first,
-            "float_head": a.float_head,
-            "float_tail": a.float_tail,
-            "float_level0": a.float_level0,
+            **{f"float_{f}": getattr(a, f"float_{f}") for f in FLOAT_FLAGS},
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        (Path(a.out) / f"{a.name}.export.json").write_text(json.dumps(report, indent=1) + "\n")
-        print(json.dumps(report, indent=1))
+        _write_report(Path(a.out) / f"{a.name}.export.json", report)
         return
     model, cfg, info = load_qat(a.checkpoint)
-    if a.float_first is not None:
-        model.float_first = bool(a.float_first)
-    if a.float_head is not None:
-        model.float_head = bool(a.float_head)
-    if a.float_tail is not None:
-        model.float_tail = bool(a.float_tail)
-    if a.float_level0 is not None:
-        model.float_level0 = bool(a.float_level0)
+    for f in FLOAT_FLAGS:
+        if getattr(a, f"float_{f}") is not None:
+            setattr(model, f"float_{f}", bool(getattr(a, f"float_{f}")))
     t0 = time.perf_counter()
     fp32_path, int8_path, check = export_qat(model, a.out, a.name)
     report = {
@@ -877,13 +872,14 @@ def main(argv: list[str] | None = None) -> None:
         "int8_onnx": str(int8_path),
         **check,
         "qat": info,
-        "exported_float_first": model.float_first,
-        "exported_float_head": model.float_head,
-        "exported_float_tail": model.float_tail,
-        "exported_float_level0": model.float_level0,
+        **{f"exported_float_{f}": getattr(model, f"float_{f}") for f in FLOAT_FLAGS},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    (Path(a.out) / f"{a.name}.export.json").write_text(json.dumps(report, indent=1) + "\n")
+    _write_report(Path(a.out) / f"{a.name}.export.json", report)
+
+
+def _write_report(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
 
