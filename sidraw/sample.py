@@ -5,17 +5,24 @@ benchmarks. The scene is procedural (gradients, coloured shapes, fine stripes an
 that clips), the exposure is divided by ``ratio`` and Poisson-Gaussian sensor noise is added the
 way a real sensor makes it (shot noise at gain ``k`` DN per electron, read noise, black level,
 clipping at white).
+
+``realistic=True`` (what ``sidraw sample`` writes) makes a file that behaves like a camera's: its
+normal exposure is the one ``auto`` aims for, so a file ``ratio`` times darker is brightened by
+about ``ratio``, and it carries the tags photo workflows rely on (lens, focal length, capture time
+with sub-seconds and offset, GPS position, artist, copyright), so that every README example,
+``--strip-gps`` included, shows something.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
 from .dng import DngMetadata, write_dng
+from .exposure import AUTO_TARGET_MEAN, brightness_statistic
 
 XTRANS_PATTERN = np.array(
     [list(row) for row in ("GGRGGB", "GGBGGR", "BRGRBG", "GGBGGR", "GGRGGB", "RBGBRG")]
@@ -120,8 +127,14 @@ def write_sample(
     sensor: SensorNoise | None = None,
     lamp: bool = True,
     model: Literal["ILCE-7SM2", "X-T2"] | str | None = None,
+    realistic: bool = False,
 ) -> np.ndarray:
     """Write a synthetic dark raw as DNG.
+
+    Args:
+        realistic: scale the scene so that its bright exposure is a normal one (trimmed mean at
+            :data:`~sidraw.exposure.AUTO_TARGET_MEAN`) and add a camera's photo tags
+            (:data:`PHOTO_TAGS`).
 
     Returns:
         (H, W) float32 clean mosaic (1.0 = white) of the bright exposure, for comparisons.
@@ -133,6 +146,9 @@ def write_sample(
     # The scene is white-balanced; the camera sees it through typical daylight channel gains.
     camera = scene * np.array([0.5, 1.0, 0.6], dtype=np.float32)
     clean = mosaic_from_rgb(camera, letters)
+    if realistic:
+        # "ratio times darker than normal" then means what auto undoes: it brightens by ~ratio.
+        clean *= np.float32(AUTO_TARGET_MEAN / brightness_statistic(clean))
     raw = expose(clean, ratio, sensor, rng)
     xtrans = letters.shape[0] == 6
     meta = DngMetadata(
@@ -148,4 +164,48 @@ def write_sample(
         as_shot_neutral=(0.5, 1.0, 0.6),
     )
     write_dng(target, raw, meta)
+    if realistic:
+        _add_photo_tags(target, xtrans)
     return np.clip(clean, 0, 1).astype(np.float32)
+
+
+#: The tags of a realistic sample (exiv2 keys and values), beyond those of :class:`DngMetadata`.
+PHOTO_TAGS: dict[str, str] = {
+    "Exif.Image.Artist": "sidraw sample",
+    "Exif.Image.Copyright": "CC0 1.0 (public domain)",
+    "Exif.Photo.BodySerialNumber": "0000001",
+    "Exif.Photo.DateTimeOriginal": "2026:11:23 21:30:00",
+    "Exif.Photo.SubSecTimeOriginal": "250",
+    "Exif.Photo.OffsetTimeOriginal": "+01:00",
+    "Exif.Photo.FocalLength": "24/1",
+    "Exif.Photo.FocalLengthIn35mmFilm": "24",
+    "Exif.GPSInfo.GPSVersionID": "2 3 0 0",
+    "Exif.GPSInfo.GPSLatitudeRef": "N",
+    "Exif.GPSInfo.GPSLatitude": "48/1 51/1 30/1",
+    "Exif.GPSInfo.GPSLongitudeRef": "E",
+    "Exif.GPSInfo.GPSLongitude": "2/1 21/1 0/1",
+    "Exif.GPSInfo.GPSAltitudeRef": "0",
+    "Exif.GPSInfo.GPSAltitude": "35/1",
+}
+# Lens tags per camera of the sample (Bayer: Sony a7S II, X-Trans: Fujifilm X-T2).
+_LENSES = {
+    False: {"Exif.Photo.LensMake": "Sony", "Exif.Photo.LensModel": "FE 24mm F1.4 GM",
+            "Exif.Photo.LensSpecification": "24/1 24/1 14/10 14/10"},
+    True: {"Exif.Photo.LensMake": "FUJIFILM", "Exif.Photo.LensModel": "XF16mmF1.4 R WR",
+           "Exif.Photo.LensSpecification": "16/1 16/1 14/10 14/10",
+           "Exif.Photo.FocalLength": "16/1"},
+}  # fmt: skip
+
+
+def _add_photo_tags(target: str | os.PathLike[str] | BinaryIO, xtrans: bool) -> None:
+    """Add :data:`PHOTO_TAGS` and a lens to a DNG just written (a path or an r+w file)."""
+    from .embed import into_tiff
+    from .metadata import embedded
+
+    tags: dict[str, Any] = {**PHOTO_TAGS, **_LENSES[xtrans]}
+    meta = embedded(tags=tags, orientation=None)  # the DNG keeps its own Orientation
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, "r+b") as f:
+            into_tiff(f, meta)
+    else:
+        into_tiff(target, meta)

@@ -126,11 +126,19 @@ def test_usage_errors_exit_2(tmp_path: Path, make_dng) -> None:
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path, make_dng) -> None:
+    """A --model that cannot work is a usage error before the batch, naming what was given."""
     src = make_dng("m.dng")
     res = run("convert", src, "-o", tmp_path / "o", "--model", tmp_path / "nothing.json")
-    assert res.exit_code == 1
-    assert "model card not found" in res.output
+    assert res.exit_code == 2
+    assert f"--model {tmp_path / 'nothing.json'}: no such file or folder" in res.output
     assert not (tmp_path / "o" / "m.tif").exists()
+    (tmp_path / "nope.onnx").write_bytes(b"onnx")
+    res = run("convert", src, "-o", tmp_path / "o", "--model", tmp_path / "nope.onnx")
+    assert res.exit_code == 2
+    assert "nope.onnx: its model card nope.json is not beside it" in res.output
+    assert "nope.json: model card not found" not in res.output
+    res = run("convert", src, "-o", tmp_path / "o", "--model", tmp_path)
+    assert res.exit_code == 2 and "no model card (.json) in this folder" in res.output
 
 
 def test_model_for_the_wrong_cfa(tmp_path: Path, models_dir: Path, make_dng) -> None:

@@ -181,12 +181,12 @@ def test_output_name_taken_by_a_folder(
 
 
 def test_out_is_a_file(tmp_path: Path, inputs: Path, tiny_models: Path) -> None:
+    """An existing file as --out is neither a folder nor an output name: refused up front."""
     out = tmp_path / "out"
     out.write_bytes(b"a file, not a folder")
     res = convert(inputs, out, tiny_models)
-    assert res.exit_code == 1, res.output
-    lines = error_lines(res.output)
-    assert len(lines) == 2 and all("cannot create the output folder" in line for line in lines)
+    assert res.exit_code == 2, res.output
+    assert "is an existing file, not a folder" in res.output
     assert out.read_bytes() == b"a file, not a folder"
 
 
