@@ -8,16 +8,20 @@ and an XMP record of what it did (ratio and how it was chosen, model name and sh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import math
 import struct
 import threading
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import exiv2
 
 from . import __version__
 from .embed import Embedded, Entry
+from .raw import ExifInfo
 
 XMP_NAMESPACE = "https://github.com/sidraw/sidraw/ns/1.0/"
 XMP_PREFIX = "sidraw"
@@ -85,14 +89,107 @@ def _register_namespace() -> None:
 
 
 def read_source(data: bytes) -> exiv2.ExifData | None:
-    """EXIF of a raw file's bytes (None when exiv2 cannot read the format)."""
+    """EXIF of a raw file's bytes (None when exiv2 cannot read the format).
+
+    Canon CRW files get their exposure time and ISO from the camera's shot information, which
+    exiv2 decodes wrongly (it reads signed values as unsigned: a 5 s exposure becomes 1 s).
+    """
     with _EXIV2_LOCK:
         try:
             image = exiv2.ImageFactory.open(data)
             image.readMetadata()
         except exiv2.Exiv2Error:
             return None
-        return image.exifData()
+        exif = image.exifData()
+        if image.mimeType() == "image/x-canon-crw":
+            _repair_crw(exif)
+        return exif
+
+
+def _signed16(value: int) -> int:
+    return value - 0x10000 if value >= 0x8000 else value
+
+
+def _canon_ev(value: int) -> float:
+    """Canon's APEX encoding (1/32 EV, thirds as 12 and 20) of a 16-bit value, in EV."""
+    value = _signed16(value)
+    sign, value = (-1 if value < 0 else 1), abs(value)
+    frac = value & 0x1F
+    thirds = {0x0C: 32 / 3, 0x14: 64 / 3}.get(frac, frac)
+    return sign * (value - frac + thirds) / 32
+
+
+def _int_tag(exif: exiv2.ExifData, key: str) -> int | None:
+    if key not in exif:
+        return None
+    datum = exif[key]
+    return int(datum.toInt64(0)) if datum.count() else None
+
+
+def _repair_crw(exif: exiv2.ExifData) -> None:
+    """Exposure time and ISO of a CRW from its Canon shot information (as exiftool reads it)."""
+    shutter = _int_tag(exif, "Exif.CanonSi.ShutterSpeedValue") or _int_tag(
+        exif, "Exif.CanonSi.TargetShutterSpeed"
+    )
+    if shutter:
+        seconds = Fraction(2 ** -_canon_ev(shutter)).limit_denominator(100_000)
+        exif["Exif.Photo.ExposureTime"] = f"{seconds.numerator}/{seconds.denominator}"
+    base = _int_tag(exif, "Exif.CanonSi.ISOSpeed")
+    if base and "Exif.Photo.ISOSpeedRatings" not in exif:
+        # Base ISO times the automatic ISO factor, each in 1/32 EV steps.
+        auto = _signed16(_int_tag(exif, "Exif.CanonSi.AutoISO") or 0)
+        iso = 100 / 32 * 2 ** (_signed16(base) / 32) * 2 ** (auto / 32)
+        exif["Exif.Photo.ISOSpeedRatings"] = str(round(iso))
+
+
+def _number(exif: exiv2.ExifData, *keys: str) -> float | None:
+    """The first positive, finite value among ``keys`` (zero means "not recorded")."""
+    for key in keys:
+        if key in exif and exif[key].count():
+            value = float(exif[key].toFloat(0))
+            if math.isfinite(value) and value > 0:
+                return value
+    return None
+
+
+def _text(exif: exiv2.ExifData, *keys: str) -> str | None:
+    for key in keys:
+        if key in exif:
+            text = exif[key].toString().strip().strip("\0").strip()
+            if text:
+                return text
+    return None
+
+
+def exif_info(data: bytes) -> ExifInfo:
+    """Camera and exposure metadata as exiv2 reads them (every field may be None)."""
+    source = read_source(data)
+    if source is None:
+        return ExifInfo()
+    with _EXIV2_LOCK:
+        return ExifInfo(
+            make=_text(source, "Exif.Image.Make"),
+            model=_text(source, "Exif.Image.Model"),
+            lens_model=_text(source, "Exif.Photo.LensModel"),
+            exposure_time=_number(source, "Exif.Photo.ExposureTime", "Exif.Image.ExposureTime"),
+            f_number=_number(source, "Exif.Photo.FNumber", "Exif.Image.FNumber"),
+            iso=_number(source, "Exif.Photo.ISOSpeedRatings", "Exif.Image.ISOSpeedRatings"),
+            focal_length=_number(source, "Exif.Photo.FocalLength", "Exif.Image.FocalLength"),
+            datetime_original=_text(
+                source, "Exif.Photo.DateTimeOriginal", "Exif.Image.DateTimeOriginal"
+            ),
+        )
+
+
+def fill_exif(info: ExifInfo, data: bytes) -> ExifInfo:
+    """``info`` (from exifread) with its missing fields taken from exiv2 where it has them."""
+    fallback = exif_info(data)
+    missing = {
+        f.name: getattr(fallback, f.name)
+        for f in dataclasses.fields(ExifInfo)
+        if getattr(info, f.name) is None and getattr(fallback, f.name) is not None
+    }
+    return dataclasses.replace(info, **missing) if missing else info
 
 
 def select_tags(source: exiv2.ExifData | None, *, strip_gps: bool = False) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import rawpy
 
 from .errors import CorruptFileError, InputError, MetadataError, UnsupportedFileError
 from .mosaic import Layout, layout_from_pattern
+from .signature import looks_like_raw, raw_format, what_it_looks_like
 
 #: Extensions (lower case, with dot) that batch mode picks up from folders. Any file given
 #: explicitly is tried whatever its extension.
@@ -77,7 +78,8 @@ class RawInfo:
 
     Attributes:
         path: file name as given.
-        format: upper-case extension (e.g. ``"ARW"``).
+        format: the raw format, from the content (:func:`sidraw.signature.raw_format`), e.g.
+            ``"DNG"``; TIFF-based formats without a mark of their own keep their extension.
         width, height: visible photosites.
         layout: the CFA packing layout.
         black: (P, P) float32 black level of each CFA position in DN.
@@ -227,7 +229,14 @@ def read_exif(data: bytes) -> ExifInfo:
                 logger.disabled = disabled
     except Exception:  # exifread raises many kinds on odd files; EXIF is optional
         tags = {}
-    return parse_exif(tags)
+    info = parse_exif(tags)
+    wanted = (info.make, info.model, info.exposure_time, info.iso, info.f_number)
+    if None in (*wanted, info.datetime_original):
+        # exifread reads TIFF-based files only (not CRW, for one): exiv2 fills in what it lacks.
+        from .metadata import fill_exif
+
+        info = fill_exif(info, data)
+    return info
 
 
 _EXIFREAD_QUIET = threading.Lock()
@@ -306,9 +315,15 @@ def _open_libraw(data: bytes, name: str) -> rawpy.RawPy:
             raw.open_buffer(io.BytesIO(data))
     except rawpy.LibRawFileUnsupportedError:
         raw.close()
-        raise UnsupportedFileError("not a raw format LibRaw can read", name) from None
+        looks = what_it_looks_like(data)
+        reason = "not a raw format LibRaw can read" + (f" ({looks})" if looks else "")
+        raise UnsupportedFileError(reason, name) from None
     except (rawpy.LibRawIOError, rawpy.LibRawDataError) as exc:
         raw.close()
+        if not looks_like_raw(data):
+            # LibRaw read past the end of something that never was a raw file (a short note).
+            looks = what_it_looks_like(data) or f"{len(data)} bytes that no raw format starts with"
+            raise UnsupportedFileError(f"not a raw file ({looks})", name) from None
         reason = f"damaged or truncated raw data ({_libraw_reason(exc)})"
         raise CorruptFileError(reason, name) from None
     except rawpy.LibRawError as exc:
@@ -414,12 +429,12 @@ def _check_pixels(mosaic: np.ndarray, black: np.ndarray, name: str) -> None:
             )
 
 
-def _info(raw: rawpy.RawPy, name: str, exif: ExifInfo, layout: Layout) -> RawInfo:
+def _info(raw: rawpy.RawPy, name: str, exif: ExifInfo, layout: Layout, fmt: str) -> RawInfo:
     black, white = _levels(raw, layout, name)
     sizes = raw.sizes
     return RawInfo(
         path=name,
-        format=Path(name).suffix.lstrip(".").upper() or "RAW",
+        format=fmt,
         width=int(sizes.width),
         height=int(sizes.height),
         layout=layout,
@@ -468,7 +483,7 @@ def open_raw(path: str | os.PathLike[str], data: bytes | None = None) -> Iterato
             _check_bytes(raw, len(data), name)
             _unpack(raw, name)
             layout = _layout(raw, name)
-        info = _info(raw, name, read_exif(data), layout)
+        info = _info(raw, name, read_exif(data), layout, raw_format(data, name))
         mosaic = raw.raw_image_visible
         if mosaic.shape != (info.height, info.width):
             raise MetadataError(f"visible area {mosaic.shape} differs from the header", name)
