@@ -163,8 +163,8 @@ class Reporter:
     def table(self, rows: Iterable[tuple[str, str]]) -> None:
         """A two-column table on stdout; every cell is plain text."""
         table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="bold")
-        table.add_column()
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column(overflow="fold")  # long paths wrap whole, never cut to "…"
         for key, value in rows:
             table.add_row(Text(key), Text(shown(value)))
         self.out.print(table)
