@@ -41,7 +41,15 @@ def train_command(
     minutes: Annotated[
         float, typer.Option(help="Stop after this much training time in all (0: no limit).")
     ] = 0.0,
-    lr: Annotated[float, typer.Option(help="Peak Adam learning rate.")] = 2e-4,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-4,
+    residual: Annotated[
+        bool, typer.Option(help="Output = input + correction (head starts at zero).")
+    ] = True,
+    noise_map: Annotated[
+        bool, typer.Option(help="Condition on the frame's fitted noise (second input).")
+    ] = True,
+    loss: Annotated[str, typer.Option(help="l1, or l2 for a final phase.")] = "l1",
+    workers: Annotated[int, typer.Option(help="Processes that make training pairs.")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
     init: Annotated[
         Path | None, typer.Option(help="Warm-start from an ONNX model (matching tensors).")
@@ -62,7 +70,8 @@ def train_command(
         cfa=cfa, width=width, max_mult=max_mult, patch=patch, batch=batch, steps=steps,
         minutes=minutes, lr=lr, seed=seed, device=device, threads=threads,
         checkpoint_minutes=checkpoint_minutes, data=str(data) if data else None,
-        init=str(init) if init else None,
+        init=str(init) if init else None, residual=residual, noise_map=noise_map, loss=loss,
+        workers=workers,
     )
     out.mkdir(parents=True, exist_ok=True)
     Trainer(cfg, out, resume=resume).run()
@@ -80,8 +89,14 @@ def eval_command(
         "runs/eval"
     ),
     images: Annotated[
-        int | None, typer.Option(help="Validation photos (default 24 Bayer, 4 X-Trans).")
+        int | None, typer.Option(help="Validation photos (default 32 Bayer, 4 X-Trans).")
     ] = None,
+    bm3d_images: Annotated[
+        int | None, typer.Option(help="Run the (slow) BM3D baseline on this many photos only.")
+    ] = None,
+    noise_scale: Annotated[
+        float, typer.Option(help="Scale the model's noise input (robustness check).")
+    ] = 1.0,
     data: Annotated[
         Path | None, typer.Option(help="Data folder holding clean/ (default ../shared/data).")
     ] = None,
@@ -108,8 +123,11 @@ def eval_command(
             raise typer.BadParameter("give model files or --cfa")
         jobs.append((cfa, None))
     for kind, model in jobs:
-        n = images or (24 if kind == "bayer" else 4)
-        summary = evaluate(kind, model, out, str(data) if data else None, n, threads, typer.echo)
+        n = images or (32 if kind == "bayer" else 4)
+        summary = evaluate(
+            kind, model, out, str(data) if data else None, n, threads, typer.echo,
+            bm3d_images=bm3d_images, noise_scale=noise_scale,
+        )
         if update_card and model is not None:
             from .train.cards import update_validation
 

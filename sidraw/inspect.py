@@ -9,11 +9,23 @@ import numpy as np
 
 from .exposure import AUTO_TARGET_MEAN, DEFAULT_MAX_RATIO, choose_ratio
 from .mosaic import normalise_packed, pack
+from .noise_estimate import NoiseEstimate, estimate_noise
 from .raw import open_raw
 
 
 def _phase(pattern: str) -> str:
     return pattern if len(pattern) == 4 else f"X-Trans {pattern[:6]}/{pattern[6:12]}/…"
+
+
+def _noise(estimate: NoiseEstimate, white_range: float) -> dict[str, Any]:
+    """The frame's fitted noise in DN, as the noise-conditioned models are told it."""
+    k, read = estimate.in_dn(white_range)
+    return {
+        "k_dn_per_electron": round(k, 4),
+        "read_dn": round(read, 3),
+        "blocks": estimate.blocks,
+        "method": "Poisson-Gaussian fit of 2x2 diagonal details in flat patches",
+    }
 
 
 def describe_file(
@@ -34,6 +46,7 @@ def describe_file(
         )
         decision = choose_ratio(packed, exposure_time=info.exif.exposure_time, max_ratio=max_ratio)
         clipped = float(np.mean(packed >= 0.999))
+        noise = estimate_noise(packed)
     exif = info.exif
     black = sorted({float(v) for v in info.black.ravel()})
     return {
@@ -59,6 +72,7 @@ def describe_file(
         },
         "white_balance": {"multipliers": [round(v, 4) for v in info.wb_multipliers]},
         "clipped_fraction": round(clipped, 6),
+        "noise": _noise(noise, float(info.white) - float(np.mean(info.black))),
         "auto_ratio": {
             "ratio": round(decision.ratio, 2),
             "unclamped": round(decision.unclamped, 2),

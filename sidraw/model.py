@@ -55,6 +55,9 @@ class ModelCard:
         variants: other precisions of the same network, e.g. ``{"int8": {"file": ...,
             "sha256": ..., "psnr_drop_db": 0.03}}`` (:mod:`sidraw.quantize`).
         input_clip: (lo, hi) clip of the amplified input.
+        noise_input: name of the second ONNX input, the (N, 2) noise vector ``[a, b]`` of
+            :func:`sidraw.noise_estimate.noise_vector`, for noise-conditioned models; None for
+            models that see the image alone.
         raw: the whole card as loaded.
     """
 
@@ -68,6 +71,7 @@ class ModelCard:
     output_name: str = "output"
     input_clip: tuple[float, float] = (-1.0, 1.0)
     overlap: int = 64
+    noise_input: str | None = None
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -103,6 +107,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             output_name=str(data.get("output_name", "output")),
             input_clip=(clip[0], clip[1]),
             overlap=int(data.get("overlap", 64)),
+            noise_input=str(data["noise_input"]) if data.get("noise_input") else None,
             variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
             raw=data,
         )
@@ -312,12 +317,27 @@ class Network:
                 path,
             )
 
-    def __call__(self, batch: np.ndarray, *, release_memory: bool = False) -> np.ndarray:
+    def __call__(
+        self,
+        batch: np.ndarray,
+        *,
+        noise: np.ndarray | None = None,
+        release_memory: bool = False,
+    ) -> np.ndarray:
         """Run the network on a (N, C, h, w) float32 batch; returns (N, C, h, w) float32.
 
-        ``release_memory`` hands onnxruntime's memory pool back after this run (for the last tile
-        of an image, so rendering and writing do not stack on top of the network's memory).
+        ``noise`` is the (1, 2) float32 noise vector of the frame (see
+        :func:`sidraw.noise_estimate.noise_vector`), needed by noise-conditioned models and
+        ignored by the others. ``release_memory`` hands onnxruntime's memory pool back after this
+        run (for the last tile of an image, so rendering and writing do not stack on top of the
+        network's memory).
         """
+        feeds = {self.card.input_name: batch.astype(np.float32, copy=False)}
+        if self.card.noise_input is not None:
+            if noise is None:
+                raise ModelError("this model needs the frame's noise estimate", self.card.path)
+            vec = np.asarray(noise, dtype=np.float32).reshape(1, 2)
+            feeds[self.card.noise_input] = np.repeat(vec, batch.shape[0], axis=0)
         options = None
         if release_memory:
             import onnxruntime as ort
@@ -325,16 +345,12 @@ class Network:
             options = ort.RunOptions()
             device = "gpu:0" if self.device == "cuda" else "cpu:0"
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
-        (out,) = self.session.run(
-            [self.card.output_name],
-            {self.card.input_name: batch.astype(np.float32, copy=False)},
-            options,
-        )
+        (out,) = self.session.run([self.card.output_name], feeds, options)
         return np.asarray(out, dtype=np.float32)
 
-    def release_after(self, batch: np.ndarray) -> np.ndarray:
+    def release_after(self, batch: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """:meth:`__call__` with ``release_memory=True``."""
-        return self(batch, release_memory=True)
+        return self(batch, noise=noise, release_memory=True)
 
 
 class ModelCache:

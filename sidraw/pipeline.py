@@ -24,8 +24,9 @@ from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
-from .model import Device, ModelCache, Network
+from .model import Device, ModelCache, Network, choose_file
 from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
+from .noise_estimate import PATCH_EDGE, NoiseEstimate, estimate_noise, noise_vector
 from .output import ImageFormat, check_target, write_atomic, write_image_strips
 from .preview import naive_mosaic, preview_path, side_by_side
 from .raw import RawFile, _libraw_reason, open_raw
@@ -41,6 +42,9 @@ from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
 TAKE_ROWS = 32
+#: The noise fit reads bands of this many packed rows, up to NOISE_SAMPLE packed values in all.
+NOISE_BAND = 32
+NOISE_SAMPLE = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class ConvertResult:
         model: the model name used.
         seconds: wall time of the whole conversion.
         timings: seconds per stage (decode, pack, inference, render, write).
+        precision: the variant of the model that ran (``fp32``, ``int8``, ``fp16``).
+        model_sha256: sha256 of the ONNX file that ran (fp16 is made from the fp32 file).
+        noise: the frame's fitted noise in DN (``k_dn_per_electron``, ``read_dn``;
+            noise-conditioned models only), or None.
     """
 
     input: str
@@ -96,6 +104,9 @@ class ConvertResult:
     model: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    model_sha256: str = ""
+    noise: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +115,9 @@ class ConvertResult:
             "ratio": round(self.decision.ratio, 4),
             "ratio_mode": self.decision.mode,
             "model": self.model,
+            "precision": self.precision,
+            "model_sha256": self.model_sha256,
+            "noise": self.noise,
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
@@ -116,6 +130,7 @@ def denoise(
     *,
     out: np.ndarray | None = None,
     decision: RatioDecision | None = None,
+    noise: NoiseEstimate | None = None,
     progress: Callable[[int, int], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, RatioDecision]:
@@ -129,6 +144,8 @@ def denoise(
             itself (LibRaw's buffer, then rendered in place): rows are overwritten only after the
             last tile that reads them. None allocates a new array.
         decision: the ratio, if already chosen (:func:`choose_file_ratio`).
+        noise: the frame's noise, if already fitted (:func:`estimate_file_noise`); only
+            noise-conditioned models use it.
         progress: called with ``(tiles done, tiles total)``.
         timings: receives the seconds of the ``pack`` and ``inference`` stages.
 
@@ -178,6 +195,17 @@ def denoise(
     def network_input(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return amplified(normalised(rows, cols))
 
+    vector = None
+    if network.card.noise_input is not None:
+        fitted = noise if noise is not None else estimate_file_noise(raw)
+        vector = noise_vector(fitted, float(ratio))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return network(batch, noise=vector)
+
+    def run_last(batch: np.ndarray) -> np.ndarray:
+        return network.release_after(batch, vector)
+
     tile = options.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
     multiple = network.card.downsample
@@ -212,14 +240,14 @@ def denoise(
     run_tiled_stream(
         (h, w),
         network_input,
-        network,
+        run,
         take_rows,
         tile=tile,
         overlap=overlap,
         multiple=multiple,
         out_channels=channels,
         progress=progress,
-        last_fn=network.release_after,
+        last_fn=run_last,
     )
     for row0, clean in kept:
         unpack_rows_into(target, clean, layout, row0)
@@ -251,6 +279,33 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
         exposure_time=info.exif.exposure_time,
         max_ratio=options.max_ratio,
     )
+
+
+def estimate_file_noise(raw: RawFile) -> NoiseEstimate:
+    """Fit the noise of an open raw file (:func:`sidraw.noise_estimate.estimate_noise`) on
+    evenly spread bands of packed rows (all of them for frames up to NOISE_SAMPLE values)."""
+    layout = raw.info.layout
+    h, w, channels = layout.packed_shape(raw.mosaic.shape)
+    bands = max(1, min(h // NOISE_BAND, NOISE_SAMPLE // max(1, NOISE_BAND * w * channels)))
+    starts = np.linspace(0, max(0, h - NOISE_BAND), bands).astype(int)
+    rows = np.unique(np.concatenate([np.arange(s, min(h, s + NOISE_BAND)) for s in starts]))
+    if rows.size == h:
+        sample = _normalise_at(pack_rows(raw.mosaic, layout, rows), raw, rows, np.arange(w))
+        return estimate_noise(sample)
+    # Bands are fitted side by side, cut to whole patches so that none straddles two bands.
+    cols = np.arange(w // PATCH_EDGE * PATCH_EDGE or w)
+    parts = [
+        _normalise_at(pack_rows(raw.mosaic, layout, r), raw, r, cols)
+        for r in (np.arange(s, s + NOISE_BAND) for s in starts)
+    ]
+    return estimate_noise(np.concatenate(parts, axis=1))
+
+
+def noise_report(estimate: NoiseEstimate, raw: RawFile) -> dict[str, float]:
+    """A noise estimate in the file's DN: ``k_dn_per_electron`` (gain) and ``read_dn``."""
+    white_range = float(raw.info.white) - float(np.mean(raw.info.black))
+    k, read = estimate.in_dn(white_range)
+    return {"k_dn_per_electron": round(k, 4), "read_dn": round(read, 3)}
 
 
 def _normalise_at(
@@ -400,6 +455,7 @@ class PreparedFile:
         self.network: Network | None = None
         self.naive: np.ndarray | None = None
         self.decision: RatioDecision | None = None
+        self.noise: NoiseEstimate | None = None
         self._stack = stack
 
     def close(self) -> None:
@@ -446,12 +502,15 @@ def prepare_file(
             if opts.preview:
                 # The preview's "before" needs the noisy photosites that denoising overwrites.
                 prepared.naive = naive_mosaic(raw, decision.ratio)
+            if prepared.network.card.noise_input is not None:
+                prepared.noise = estimate_file_noise(raw)
             _, prepared.decision = denoise(
                 raw,
                 prepared.network,
                 opts,
                 out=raw.mosaic,
                 decision=decision,
+                noise=prepared.noise,
                 progress=progress,
                 timings=prepared.timings,
             )
@@ -492,7 +551,8 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
         ratio=decision.ratio,
         ratio_mode=decision.mode,
         model=network.card.name,
-        model_sha256=network.card.sha256,
+        model_sha256=_file_sha256(network),
+        extra={"Precision": network.precision},
     )
     icc = icc_profile(rendered.encoding) if rendered.encoding is not None else None
     # A DNG keeps the camera's orientation (its pixels are not rotated); images are upright.
@@ -530,7 +590,15 @@ def _finish(prepared: PreparedFile) -> ConvertResult:
         model=network.card.name,
         seconds=time.perf_counter() - prepared.t0,
         timings=timings,
+        precision=network.precision,
+        model_sha256=_file_sha256(network),
+        noise=noise_report(prepared.noise, prepared.raw) if prepared.noise else None,
     )
+
+
+def _file_sha256(network: Network) -> str:
+    """The sha256 of the ONNX file a network runs: its variant's, not always the card's."""
+    return choose_file(network.card, network.precision, network.device)[1]  # type: ignore[arg-type]
 
 
 def convert_file(

@@ -119,3 +119,53 @@ def test_training_checkpoints_and_resumes(tmp_path: Path) -> None:
     onnx_path.write_bytes(onnx_path.read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):
         update_validation(onnx_path, summary)
+
+
+def test_residual_noise_conditioned_unet_starts_at_the_identity() -> None:
+    torch.manual_seed(1)
+    model = UNet(UNetConfig(channels=4, width=4, max_mult=4, residual=True, noise_map=True))
+    x = torch.rand(2, 4, 32, 48) * 2 - 1
+    noise = torch.tensor([[0.02, 0.004], [0.1, 0.01]])
+    assert torch.equal(model(x, noise), x)
+    with pytest.raises(ValueError, match="noise"):
+        model(x)
+    # The map is the expected noise std of every value.
+    from sidraw.train.unet import noise_std
+
+    std = noise_std(x, noise)
+    assert torch.allclose(std[1], torch.sqrt(0.1 * torch.relu(x[1]) + 0.01))
+    # The noise input changes the output once the network has learned anything.
+    with torch.no_grad():
+        model.head.weight.normal_()
+    assert not torch.allclose(model(x, noise), model(x, noise * 4))
+
+
+def test_noise_conditioned_export_and_inference(tmp_path: Path) -> None:
+    from sidraw.model import Network, load_card
+    from sidraw.train.cards import write_cards
+    from sidraw.train.loop import TrainConfig
+
+    torch.manual_seed(2)
+    cfg = TrainConfig(width=4, max_mult=4, residual=True, noise_map=True)
+    model = UNet(cfg.unet())
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.1)
+    path = tmp_path / "nm.onnx"
+    diff = export_onnx(model, path)
+    assert diff <= 1e-4
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input", "noise"]
+    write_cards(tmp_path, "nm", "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0}, diff)
+    card = load_card(tmp_path / "nm.json")
+    assert card.noise_input == "noise"
+    net = Network(card, "cpu", threads=1)
+    x = (np.random.default_rng(0).uniform(-1, 1, (1, 4, 32, 32))).astype(np.float32)
+    quiet, loud = np.array([[1e-4, 1e-6]], np.float32), np.array([[0.1, 0.01]], np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), torch.from_numpy(quiet)).numpy()
+    assert np.max(np.abs(net(x, noise=quiet) - ref)) <= 1e-4
+    assert not np.allclose(net(x, noise=quiet), net(x, noise=loud))
+    from sidraw.errors import ModelError
+
+    with pytest.raises(ModelError, match="noise estimate"):
+        net(x)

@@ -7,6 +7,10 @@ import math
 import numpy as np
 import pytest
 
+# Training code needs the train extra (torch); without it these tests skip, so the README's
+# test command passes after installing only ".[dev]".
+pytest.importorskip("torch")
+
 pytest.importorskip("scipy")
 
 from sidraw.train import noise
@@ -64,7 +68,8 @@ def test_sampled_parameters_in_range() -> None:
         assert m.white in (4095, 16383) and m.black < m.white
     ratios = np.array([noise.sample_ratio(rng) for _ in range(2000)])
     assert ratios.min() >= 1.0 and ratios.max() <= 300.0
-    assert 0.75 < np.mean(ratios >= 50) < 0.85
+    assert 0.65 < np.mean(ratios >= 50) < 0.75
+    assert 0.08 < np.mean(ratios == 1.0) < 0.12  # clean long exposures: must come back unchanged
 
 
 def test_a7s2_median_parameters() -> None:

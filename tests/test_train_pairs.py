@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# Training code needs the train extra (torch); without it these tests skip, so the README's
+# test command passes after installing only ".[dev]".
+pytest.importorskip("torch")
+
 pytest.importorskip("scipy")
 
 from sidraw.mosaic import normalise_packed, pack
@@ -45,9 +49,29 @@ def test_noisy_mean_tracks_clean() -> None:
 def test_training_pair_shapes(cfa: str, channels: int) -> None:
     rng = np.random.default_rng(2)
     size = pairs.mosaic_size(32, cfa)
-    noisy, clean = pairs.training_pair(np.zeros((size, size, 3), np.float32) + 0.3, cfa, 32, rng)
+    noisy, clean, noise = pairs.training_pair(
+        np.zeros((size, size, 3), np.float32) + 0.3, cfa, 32, rng
+    )
     assert noisy.shape == clean.shape == (channels, 32, 32)
-    assert noisy.dtype == clean.dtype == np.float32
+    assert noisy.dtype == clean.dtype == noise.dtype == np.float32
+    assert noise.shape == (2,) and np.all(noise >= 0)
+
+
+def test_noise_input_is_the_fit_of_the_noisy_frame() -> None:
+    """Training tells the network what convert will: the fit of the noisy raw, not the truth."""
+    from sidraw.noise_estimate import estimate_noise, noise_vector
+    from sidraw.train.noise import a7s2_params
+
+    rng = np.random.default_rng(3)
+    srgb = np.tile(np.linspace(0.1, 0.9, 256, dtype=np.float32)[None, :, None], (192, 1, 3))
+    pair = pairs.make_pair(srgb, "bayer", rng, ratio=100.0, noise=a7s2_params(3.0))
+    layout = layout_for(pair.pattern)
+    black = np.full((2, 2), pair.noise.black, np.float32)
+    fitted = estimate_noise(normalise_packed(pack(pair.raw_dn, layout), layout, black, 16383))
+    assert pair.estimate == fitted
+    assert np.array_equal(pair.noise_vector(), noise_vector(fitted, 100.0)[0])
+    k, _ = fitted.in_dn(pair.noise.range)
+    assert k == pytest.approx(3.0, rel=0.3)
 
 
 def test_split_is_fixed_and_disjoint() -> None:

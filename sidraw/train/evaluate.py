@@ -1,12 +1,20 @@
 """Evaluation on the held-out validation photos, against two baselines.
 
-Each case is a fixed, seeded noisy realisation of a validation crop (Bayer: up to 512x512
-photosites; X-Trans: 612x912, the smallest size LibRaw demosaics X-Trans at). Sets:
+Each case is a fixed, seeded noisy realisation of a validation photo (Bayer: the whole photo, cut
+to a multiple of 32 photosites; X-Trans: a 612x912 crop, the smallest size LibRaw demosaics X-Trans
+at). Sets:
 
-* ``A7S2 x100`` / ``x250`` / ``x300``: Sony A7S II noise (ELD) at K = 0.751 DN/e- (the geometric
-  middle of the calibrated range), median read and row noise, Gaussian read noise.
+* ``A7S2 K=<k> x<r>``: the gain sweep. Sony A7S II noise (ELD) at K = 0.1, 0.75, 3 and 6 DN/e-
+  (ISO ~100 to ~6400), median read and row noise of the calibration at that gain, Gaussian read
+  noise, at x100, x250 and x300.
+* ``identity x1``: the clean mosaic exposed at ratio 1 with the A7S2's lowest gain (a clean long
+  exposure): a model must give it back unchanged.
 * ``other cameras x100``: K, read noise (Gaussian or Tukey-lambda) and row noise drawn per case from
   the darktable-derived ranges (:mod:`sidraw.train.noise`).
+
+Noise-conditioned models get the noise input from the frame's own fit
+(:func:`sidraw.noise_estimate.estimate_noise`), as at convert time; ``noise_scale`` multiplies its
+variances to measure how a wrong estimate hurts.
 
 Methods: the network (onnxruntime, reflect-padded to multiples of 16 as at convert time); naive
 amplification ``clip(noisy * ratio, 0, 1)``; BM3D on the amplified raw given the true noise
@@ -39,27 +47,39 @@ from .pairs import Pair, make_pair
 from .unet import DOWNSAMPLE
 from .unprocess import layout_for
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2
 A7S2_EVAL_K = math.sqrt(0.0939 * 6.011)
+SWEEP_K = (0.1, 0.75, 3.0, 6.0)
+SWEEP_RATIOS = (100.0, 250.0, 300.0)
+IDENTITY_K = 0.0939
 XTRANS_CROP = (612, 912)
-BAYER_MAX = 512
+# Flat patches for the colour-bias check: packed 8x8 windows whose clean std is below this
+# fraction of their mean.
+FLAT_WINDOW = 8
+FLAT_REL_STD = 0.02
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    """A group of cases: name, exposure ratio and noise source (``a7s2`` or ``darktable``)."""
+    """A group of cases: name, exposure ratio, noise source (``a7s2`` or ``darktable``) and, for
+    ``a7s2``, the gain K (DN/e-)."""
 
     name: str
     ratio: float
     source: str
+    k: float = A7S2_EVAL_K
 
 
 SETS = (
-    EvalSet("A7S2 x100", 100.0, "a7s2"),
-    EvalSet("A7S2 x250", 250.0, "a7s2"),
-    EvalSet("A7S2 x300", 300.0, "a7s2"),
+    *(
+        EvalSet(f"A7S2 K={k:g} x{r:g}", r, "a7s2", k)
+        for k in SWEEP_K
+        for r in SWEEP_RATIOS
+    ),
+    EvalSet("identity x1", 1.0, "a7s2", IDENTITY_K),
     EvalSet("other cameras x100", 100.0, "darktable"),
 )
+SET_NAMES = tuple(s.name for s in SETS)
 
 
 @dataclass(frozen=True)
@@ -85,12 +105,14 @@ def _crop_for(shape: tuple[int, ...], cfa: str) -> tuple[int, int] | None:
     if cfa == "xtrans":
         ch, cw = XTRANS_CROP
         return (ch, cw) if min(h, w) >= ch and max(h, w) >= cw else None
-    # Bayer: multiples of 32 photosites, so packed sizes are multiples of 16 (no padding).
-    ch, cw = min(BAYER_MAX, h) // 32 * 32, min(BAYER_MAX, w) // 32 * 32
+    # Bayer: the whole photo in multiples of 32 photosites (packed sizes multiples of 16).
+    ch, cw = h // 32 * 32, w // 32 * 32
     return (ch, cw) if min(ch, cw) >= 256 else None
 
 
-def eval_cases(photos: list[data_mod.Photo], cfa: str, max_images: int) -> list[Case]:
+def eval_cases(
+    photos: list[data_mod.Photo], cfa: str, max_images: int, sets: tuple[EvalSet, ...] = SETS
+) -> list[Case]:
     """Cases of every set for up to ``max_images`` validation photos, taken in turn from each
     source folder (so no one folder dominates)."""
     by_set: dict[str, list[tuple[data_mod.Photo, tuple[int, int]]]] = {}
@@ -105,7 +127,7 @@ def eval_cases(photos: list[data_mod.Photo], cfa: str, max_images: int) -> list[
             if q and len(chosen) < max_images:
                 chosen.append(q.pop(0))
     chosen.sort(key=lambda pc: pc[0].key)
-    return [Case(p.key, c, s, cfa) for s in SETS for p, c in chosen]
+    return [Case(p.key, c, s, cfa) for s in sets for p, c in chosen]
 
 
 def case_crop(photo: data_mod.Photo, case: Case) -> np.ndarray:
@@ -123,7 +145,7 @@ def case_pair(photo: data_mod.Photo, case: Case) -> Pair:
     rng = np.random.default_rng(case.seed)
     noise: NoiseParams
     if case.set.source == "a7s2":
-        noise = a7s2_params(A7S2_EVAL_K)
+        noise = a7s2_params(case.set.k)
     else:
         noise = sample_params(np.random.default_rng(case.seed + 1), "darktable")
     return make_pair(
@@ -183,9 +205,10 @@ def cached_bm3d(pair: Pair, case: Case, folder: Path) -> np.ndarray:
 
 
 class OnnxModel:
-    """An ONNX model run as ``sidraw convert`` runs it (reflect padding to multiples of 16)."""
+    """An ONNX model run as ``sidraw convert`` runs it (reflect padding to multiples of 16; the
+    noise input, if the model has one, from the frame's own fit times ``noise_scale``)."""
 
-    def __init__(self, path: str | Path, threads: int = 2) -> None:
+    def __init__(self, path: str | Path, threads: int = 2, noise_scale: float = 1.0) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -193,15 +216,25 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(path), opts, providers=["CPUExecutionProvider"]
         )
+        self.noise_input = "noise" in [i.name for i in self.session.get_inputs()]
+        self.noise_scale = noise_scale
 
-    def __call__(self, noisy: np.ndarray) -> np.ndarray:
-        """(h, w, C) float32 input -> (h, w, C) float32 output clipped to 0..1."""
+    def __call__(self, noisy: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """(h, w, C) float32 input (and (2,) noise input) -> (h, w, C) float32 in 0..1."""
         h, w, _ = noisy.shape
         ph, pw = -h % DOWNSAMPLE, -w % DOWNSAMPLE
         x = np.pad(noisy, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-        x = np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-        y = self.session.run(["output"], {"input": x})[0][0].transpose(1, 2, 0)[:h, :w]
+        feeds = {"input": np.ascontiguousarray(x.transpose(2, 0, 1)[None])}
+        if self.noise_input:
+            if noise is None:
+                raise ValueError("this model needs the noise input")
+            feeds["noise"] = np.asarray(noise, np.float32).reshape(1, 2)
+        y = self.session.run(["output"], feeds)[0][0].transpose(1, 2, 0)[:h, :w]
         return np.clip(y, 0.0, 1.0)
+
+    def on_pair(self, pair: Pair) -> np.ndarray:
+        """The model on a pair's input, told the pair's fitted noise times ``noise_scale``."""
+        return self(pair.noisy, pair.noise_vector(self.noise_scale))
 
 
 # --- rendering and metrics -----------------------------------------------------------------------
@@ -262,12 +295,34 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
+def flat_bias(pred: np.ndarray, clean: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel sums of ``pred - clean`` and of ``clean`` over flat patches of ``clean``.
+
+    Flat patches are FLAT_WINDOW-pixel packed windows whose clean std is below FLAT_REL_STD of
+    their mean (and whose mean is above 1 % of white): there any colour shift is bias, not a
+    smoothed detail. Summed over a set, ``diff / signal`` is the relative bias per channel.
+    """
+    f = FLAT_WINDOW
+    h, w, c = (clean.shape[0] // f) * f, (clean.shape[1] // f) * f, clean.shape[2]
+    cw = clean[:h, :w].reshape(h // f, f, w // f, f, c)
+    pw = pred[:h, :w].reshape(h // f, f, w // f, f, c)
+    mean = cw.mean(axis=(1, 3))
+    flat = (cw.std(axis=(1, 3)) < FLAT_REL_STD * mean) & (mean > 0.01)
+    flat = np.all(flat, axis=2)  # flat in every channel
+    diff = (pw - cw).mean(axis=(1, 3))[flat].sum(axis=0) * f * f
+    signal = mean[flat].sum(axis=0) * f * f
+    return [float(v) for v in diff], [float(v) for v in signal]
+
+
 def metrics(pred: np.ndarray, pair: Pair, ref_img: np.ndarray, renderer: Renderer) -> dict:
     img = renderer(pred)
+    bias, signal = flat_bias(pred, pair.clean)
     return {
         "srgb_psnr": psnr(img, ref_img),
         "srgb_ssim": ssim(img, ref_img),
         "raw_psnr": psnr(pred, pair.clean),
+        "bias": bias,
+        "signal": signal,
     }
 
 
@@ -281,83 +336,203 @@ def _save_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
+def _case_result(
+    pair: Pair, case: Case, model: OnnxModel | None, bm3d_dir: Path | None, td: Path
+) -> tuple[dict, float]:
+    """Metrics of every method on one case, and the model's seconds."""
+    renderer = Renderer(pair, td)
+    seconds = 0.0
+    try:
+        ref = renderer(pair.clean)
+        res = {"naive": metrics(naive(pair), pair, ref, renderer)}
+        if bm3d_dir is not None:
+            res["bm3d"] = metrics(cached_bm3d(pair, case, bm3d_dir), pair, ref, renderer)
+        if model is not None:
+            tm = time.perf_counter()
+            pred = model.on_pair(pair)
+            seconds = time.perf_counter() - tm
+            res["model"] = metrics(pred, pair, ref, renderer)
+        k, read = pair.estimate.in_dn(pair.noise.range)
+        res["estimate"] = {"k": k, "read": read, "true_k": pair.noise.k,
+                           "true_read": pair.noise.sigma_read}
+    finally:
+        renderer.close()
+    return res, seconds
+
+
 def evaluate(
     cfa: str,
     model_path: str | Path | None,
     out: Path,
     data: str | None = None,
-    max_images: int = 24,
+    max_images: int = 32,
     threads: int = 2,
     log=print,
+    *,
+    bm3d_images: int | None = None,
+    noise_scale: float = 1.0,
+    sets: tuple[str, ...] | None = None,
 ) -> dict:
     """Evaluate one model (or only the baselines when ``model_path`` is None).
+
+    Args:
+        bm3d_images: run BM3D on the first this many photos only (None: all; 0: none); the
+            model - BM3D comparisons use exactly the cases BM3D ran on.
+        noise_scale: factor on the variances of the model's noise input.
+        sets: names of the sets to run (default all of SETS).
 
     Returns the summary dict (also written to ``out/<cfa>_eval.json`` with a Markdown table).
     """
     root = data_mod.data_root(data)
     _, val_e = data_mod.split(data_mod.manifest(root))
     photos = {p.key: p for p in data_mod.load_photos(root, val_e)}
-    cases = eval_cases(list(photos.values()), cfa, max_images)
+    chosen = tuple(s for s in SETS if sets is None or s.name in sets)
+    cases = eval_cases(list(photos.values()), cfa, max_images, chosen)
+    keys = sorted({c.key for c in cases})
+    with_bm3d = set(keys if bm3d_images is None else keys[:bm3d_images])
     bm3d_dir = out / f"{cfa}_bm3d_v{EVAL_VERSION}"
-    model = OnnxModel(model_path, threads) if model_path else None
+    model = OnnxModel(model_path, threads, noise_scale) if model_path else None
     per_case: dict[str, dict] = {}
     t0 = time.perf_counter()
     model_seconds = 0.0
     with tempfile.TemporaryDirectory() as td:
         for i, case in enumerate(cases):
             pair = case_pair(photos[case.key], case)
-            renderer = Renderer(pair, Path(td))
-            try:
-                ref = renderer(pair.clean)
-                res = {
-                    "naive": metrics(naive(pair), pair, ref, renderer),
-                    "bm3d": metrics(cached_bm3d(pair, case, bm3d_dir), pair, ref, renderer),
-                }
-                if model is not None:
-                    tm = time.perf_counter()
-                    pred = model(pair.noisy)
-                    model_seconds += time.perf_counter() - tm
-                    res["model"] = metrics(pred, pair, ref, renderer)
-            finally:
-                renderer.close()
-            per_case[case.id] = res
-            if (i + 1) % 8 == 0 or i + 1 == len(cases):
+            use_bm3d = bm3d_dir if case.key in with_bm3d else None
+            per_case[case.id], seconds = _case_result(pair, case, model, use_bm3d, Path(td))
+            model_seconds += seconds
+            if (i + 1) % 16 == 0 or i + 1 == len(cases):
                 log(f"{cfa}: {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s")
     summary = summarise(cases, per_case)
-    summary["cfa"] = cfa
-    summary["model"] = str(model_path) if model_path else None
-    summary["images"] = sorted({c.key for c in cases})
-    summary["crop"] = "up to 512x512 photosites" if cfa == "bayer" else "612x912 photosites"
-    summary["a7s2_k"] = round(A7S2_EVAL_K, 4)
+    summary.update(
+        cfa=cfa, model=str(model_path) if model_path else None, images=keys,
+        bm3d_images=sorted(with_bm3d), noise_scale=noise_scale, eval_version=EVAL_VERSION,
+        crop="whole photo" if cfa == "bayer" else "612x912 photosites",
+    )
     megapixels = sum(c.crop[0] * c.crop[1] for c in cases) / 1e6
     if model is not None and megapixels > 0:
         summary["model_s_per_mp"] = round(model_seconds / megapixels, 3)
     if model_path:
-        _save_json(out / f"{cfa}_eval.json", summary)
-        (out / f"{cfa}_eval.md").write_text(markdown_table(summary))
+        tag = "" if noise_scale == 1.0 else f"_noise{noise_scale:g}"
+        _save_json(out / f"{cfa}_eval{tag}.json", summary)
+        (out / f"{cfa}_eval{tag}.md").write_text(markdown_table(summary))
     return summary
 
 
+def _mean_metrics(rows: list[dict], method: str) -> dict[str, float]:
+    keys = ("srgb_psnr", "srgb_ssim", "raw_psnr")
+    return {k: round(float(np.mean([r[method][k] for r in rows])), 4) for k in keys}
+
+
+def _bias(rows: list[dict], method: str) -> float:
+    """Largest per-channel |mean error| / mean signal over the flat patches of ``rows``."""
+    diff = np.sum([r[method]["bias"] for r in rows], axis=0)
+    signal = np.sum([r[method]["signal"] for r in rows], axis=0)
+    if not np.all(signal > 0):
+        return float("nan")
+    return round(float(np.max(np.abs(diff / signal))), 5)
+
+
+def _set_entry(s: EvalSet, rows: list[dict]) -> dict:
+    entry: dict[str, object] = {"ratio": s.ratio, "noise": s.source, "cases": len(rows)}
+    if s.source == "a7s2":
+        entry["k"] = s.k
+    entry["naive"] = _mean_metrics(rows, "naive")
+    k_ratios = [r["estimate"]["k"] / r["estimate"]["true_k"] for r in rows]
+    entry["estimate_k_ratio_median"] = round(float(np.median(k_ratios)), 3)
+    if any("model" in r for r in rows):
+        m = _mean_metrics(rows, "model")
+        d_srgb = [r["model"]["srgb_psnr"] - r["naive"]["srgb_psnr"] for r in rows]
+        d_raw = [r["model"]["raw_psnr"] - r["naive"]["raw_psnr"] for r in rows]
+        m.update(
+            below_naive_srgb=int(np.sum(np.array(d_srgb) < 0)),
+            below_naive_raw=int(np.sum(np.array(d_raw) < 0)),
+            worst_vs_naive_srgb=round(float(np.min(d_srgb)), 3),
+            worst_vs_naive_raw=round(float(np.min(d_raw)), 3),
+            min_raw_psnr=round(float(min(r["model"]["raw_psnr"] for r in rows)), 3),
+            colour_bias=_bias(rows, "model"),
+        )
+        entry["model"] = m
+    paired = [r for r in rows if "bm3d" in r]
+    if paired:
+        entry["bm3d_cases"] = len(paired)
+        entry["bm3d"] = _mean_metrics(paired, "bm3d")
+        if "model" in paired[0]:
+            entry["model_on_bm3d_cases"] = _mean_metrics(paired, "model")
+    return entry
+
+
 def summarise(cases: list[Case], per_case: dict[str, dict]) -> dict:
-    """Mean metrics per set and method."""
+    """Mean metrics per set and method, per-frame comparisons with naive, and the gain sweep's
+    averages per ratio."""
     table: dict[str, dict] = {}
     for s in SETS:
         rows = [per_case[c.id] for c in cases if c.set == s and c.id in per_case]
-        if not rows:
-            continue
-        entry: dict[str, object] = {"ratio": s.ratio, "noise": s.source, "cases": len(rows)}
-        for method in ("naive", "bm3d", "model"):
-            vals = [r[method] for r in rows if method in r]
-            if vals:
-                entry[method] = {
-                    k: round(float(np.mean([v[k] for v in vals])), 4) for k in vals[0]
-                }
-        table[s.name] = entry
-    return {"sets": table}
+        if rows:
+            table[s.name] = _set_entry(s, rows)
+    sweep: dict[str, dict] = {}
+    for r in SWEEP_RATIOS:
+        entries = [e for e in table.values() if e["ratio"] == r and "k" in e and e.get("bm3d")]
+        entries = [e for e in entries if e["k"] in SWEEP_K]
+        if entries and all("model_on_bm3d_cases" in e for e in entries):
+            avg = {
+                m: {k: round(float(np.mean([e[src][k] for e in entries])), 4)
+                    for k in ("srgb_psnr", "srgb_ssim", "raw_psnr")}
+                for m, src in (("bm3d", "bm3d"), ("model", "model_on_bm3d_cases"))
+            }
+            sweep[f"x{r:g}"] = avg
+    return {"sets": table, "sweep": sweep}
 
 
 def markdown_table(summary: dict) -> str:
-    """The evaluation as a Markdown table: one row per set and method."""
+    """The evaluation as Markdown: per set, naive and model on every photo, BM3D and the model on
+    the photos BM3D ran on, the model's per-frame losses to naive, and the sweep averages."""
+    lines = [
+        "| set | naive sRGB / SSIM / raw | model sRGB / SSIM / raw | frames below naive "
+        "(sRGB, raw) | worst vs naive (dB) | min raw | bias | BM3D sRGB / SSIM (model) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def trio(m: dict) -> str:
+        return f"{m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f} / {m['raw_psnr']:.2f}"
+
+    for name, e in summary["sets"].items():
+        m = e.get("model")
+        cells = [name, trio(e["naive"])]
+        if m:
+            cells += [
+                trio(m), f"{m['below_naive_srgb']}, {m['below_naive_raw']} of {e['cases']}",
+                f"{m['worst_vs_naive_srgb']:+.2f}", f"{m['min_raw_psnr']:.2f}",
+                f"{100 * m['colour_bias']:.2f} %",
+            ]
+        else:
+            cells += ["", "", "", "", ""]
+        if "bm3d" in e:
+            b, mb = e["bm3d"], e.get("model_on_bm3d_cases")
+            own = f" ({mb['srgb_psnr']:.2f} / {mb['srgb_ssim']:.3f})" if mb else ""
+            cells.append(f"{b['srgb_psnr']:.2f} / {b['srgb_ssim']:.3f}{own}, {e['bm3d_cases']}")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("sweep"):
+        lines += [
+            "",
+            "| gain sweep average | BM3D sRGB / SSIM | model sRGB / SSIM | model - BM3D |",
+            "|---|---|---|---|",
+        ]
+        for r, avg in summary["sweep"].items():
+            b, m = avg["bm3d"], avg["model"]
+            d_psnr, d_ssim = m["srgb_psnr"] - b["srgb_psnr"], m["srgb_ssim"] - b["srgb_ssim"]
+            lines.append(
+                f"| {r} | {b['srgb_psnr']:.2f} / {b['srgb_ssim']:.3f} | "
+                f"{m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f} | "
+                f"{d_psnr:+.2f} dB / {d_ssim:+.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table_v1(summary: dict) -> str:
+    """A version-1 evaluation (one row per set and method), as older model cards hold it."""
     lines = [
         "| set | method | sRGB PSNR (dB) | sRGB SSIM | raw PSNR (dB) |",
         "|---|---|---|---|---|",
@@ -365,16 +540,11 @@ def markdown_table(summary: dict) -> str:
     names = {"naive": "naive x ratio", "bm3d": "BM3D (GAT, true noise)", "model": "sidraw model"}
     for set_name, entry in summary["sets"].items():
         for method in ("naive", "bm3d", "model"):
-            m = entry.get(method)
-            if m:
+            if m := entry.get(method):
                 lines.append(
                     f"| {set_name} | {names[method]} | {m['srgb_psnr']:.2f} | "
                     f"{m['srgb_ssim']:.4f} | {m['raw_psnr']:.2f} |"
                 )
-        if "model" in entry and "bm3d" in entry:
-            d = entry["model"]["srgb_psnr"] - entry["bm3d"]["srgb_psnr"]
-            ds = entry["model"]["srgb_ssim"] - entry["bm3d"]["srgb_ssim"]
-            lines.append(f"| {set_name} | model - BM3D | {d:+.2f} | {ds:+.4f} | |")
     return "\n".join(lines) + "\n"
 
 
@@ -385,15 +555,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/eval")
     ap.add_argument("--data", default=None)
     ap.add_argument(
-        "--images", type=int, default=None, help="validation photos (24 Bayer, 4 X-Trans)"
+        "--images", type=int, default=None, help="validation photos (32 Bayer, 4 X-Trans)"
     )
+    ap.add_argument("--bm3d-images", type=int, default=None,
+                    help="run BM3D on this many photos only (default all)")
+    ap.add_argument("--noise-scale", type=float, default=1.0,
+                    help="multiply the variances of the model's noise input")
+    ap.add_argument("--sets", nargs="*", default=None, help=f"set names: {', '.join(SET_NAMES)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--update-card", action="store_true", help="write the table into the model's cards"
     )
     a = ap.parse_args(argv)
-    images = a.images or (24 if a.cfa == "bayer" else 4)
-    s = evaluate(a.cfa, a.model, Path(a.out), a.data, images, a.threads)
+    images = a.images or (32 if a.cfa == "bayer" else 4)
+    s = evaluate(
+        a.cfa, a.model, Path(a.out), a.data, images, a.threads, bm3d_images=a.bm3d_images,
+        noise_scale=a.noise_scale, sets=tuple(a.sets) if a.sets else None,
+    )
     if a.update_card and a.model:
         from .cards import update_validation
 

@@ -31,7 +31,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[UNet, TrainConfig, dict[str
     ckpt = load_checkpoint(Path(path))
     cfg = TrainConfig(**ckpt["config"])  # type: ignore[arg-type]
     model = UNet(cfg.unet())
-    model.load_state_dict(ckpt["model"])  # type: ignore[arg-type]
+    # The averaged weights, when the run kept them, are the model that was validated.
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])  # type: ignore[arg-type]
     model.eval()
     info = {"step": int(ckpt["step"]), "elapsed_s": float(ckpt["elapsed"])}  # type: ignore[arg-type]
     return model, cfg, info
@@ -72,18 +73,38 @@ def _to_float16_initializers(onnx_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
+NOISE_INPUT = "noise"
+
+
 def _export(model: UNet, dummy: torch.Tensor, buf: io.BytesIO) -> None:
+    inputs: tuple[torch.Tensor, ...] = (dummy,)
+    names = ["input"]
+    axes = {"input": {0: "N", 2: "h", 3: "w"}, "output": {0: "N", 2: "h", 3: "w"}}
+    if model.config.noise_map:
+        inputs += (torch.full((dummy.shape[0], 2), 1e-3),)
+        names.append(NOISE_INPUT)
+        axes[NOISE_INPUT] = {0: "N"}
     torch.onnx.export(
         model,
-        (dummy,),
+        inputs,
         buf,
-        input_names=["input"],
+        input_names=names,
         output_names=["output"],
-        dynamic_axes={"input": {0: "N", 2: "h", 3: "w"}, "output": {0: "N", 2: "h", 3: "w"}},
+        dynamic_axes=axes,
         opset_version=OPSET,
         do_constant_folding=True,
         dynamo=False,
     )
+
+
+def parity_inputs(model: UNet, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for checking an export: ``input`` (1, C, 64, 96) in -1..1 and, for a
+    noise-conditioned model, a ``noise`` vector of a mid-range capture."""
+    g = torch.Generator().manual_seed(seed)
+    feeds = {"input": (torch.rand(1, model.config.channels, 64, 96, generator=g) * 2 - 1).numpy()}
+    if model.config.noise_map:
+        feeds[NOISE_INPUT] = np.array([[0.02, 0.004]], dtype=np.float32)
+    return feeds
 
 
 def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> float:
@@ -108,11 +129,11 @@ def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> 
     if float16_weights:
         data = _to_float16_initializers(data)
     Path(path).write_bytes(data)
-    x = torch.rand(1, c, 64, 96) * 2 - 1
+    feeds = parity_inputs(model)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["output"], {"input": x.numpy()})[0]
+    got = sess.run(["output"], feeds)[0]
     with torch.no_grad():
-        ref = model(x).numpy()
+        ref = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     diff = float(np.max(np.abs(got - ref)))
     if diff > PARITY_TOL:
         raise RuntimeError(f"ONNX output differs from PyTorch by {diff:.2e} (> {PARITY_TOL})")
@@ -121,7 +142,8 @@ def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> 
 
 def measure_tile_overlap(path: str | Path, channels: int) -> int | None:
     """Default tile overlap (packed pixels) at which tiled inference matches whole-image
-    inference, measured with the inference code's :func:`sidraw.tiling.measure_overlap`."""
+    inference, measured with the inference code's :func:`sidraw.tiling.measure_overlap`
+    (a noise-conditioned model at the noise of an x300 capture, where it looks furthest)."""
     import onnxruntime as ort
 
     try:
@@ -129,9 +151,13 @@ def measure_tile_overlap(path: str | Path, channels: int) -> int | None:
     except ImportError:  # inference side not present
         return None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
 
     def fn(batch: np.ndarray) -> np.ndarray:
-        return sess.run(["output"], {"input": batch.astype(np.float32)})[0]
+        feeds = {"input": batch.astype(np.float32)}
+        if NOISE_INPUT in names:
+            feeds[NOISE_INPUT] = np.array([[0.1, 0.005]], dtype=np.float32)
+        return sess.run(["output"], feeds)[0]
 
     return int(measure_overlap(fn, channels))
 

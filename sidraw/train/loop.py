@@ -1,9 +1,12 @@
-"""Training loop: Adam + L1 on synthetic pairs, bf16 autocast on CPU, atomic resumable checkpoints.
+"""Training loop: AdamW on synthetic pairs, bf16 autocast on CPU, atomic resumable checkpoints.
 
-Example (the shipped Bayer model)::
+Recipe: linear warm-up then cosine decay of the learning rate, AdamW, gradient clipping, an
+exponential moving average of the weights (what is validated and exported), L1 loss (``--loss l2``
+for a final phase), pairs made in worker processes (``--workers``) so the training thread only
+trains. Example (a noise-conditioned residual Bayer model)::
 
-    python -m sidraw.train.loop --cfa bayer --width 32 --patch 128 --batch 8 --minutes 85 \\
-        --out runs/bayer
+    python -m sidraw.train.loop --cfa bayer --width 24 --residual --noise-map --patch 128 \\
+        --batch 8 --minutes 120 --out runs/bayer-nm
 
 ``--patch`` is the packed patch edge (128 packed = 256x256 Bayer photosites); it can be raised on
 ``--resume`` as the model converges. ``--init weights/<name>.onnx`` warm-starts from shipped
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +43,7 @@ class TrainConfig:
     width: int = 24
     max_mult: int = 8
     residual: bool = False
+    noise_map: bool = False
     patch: int = 128
     batch: int = 8
     steps: int = 100_000
@@ -53,12 +58,17 @@ class TrainConfig:
     data: str | None = None
     init: str | None = None
     zero_head: bool = False
+    weight_decay: float = 1e-4
+    clip: float = 1.0
+    ema: float = 0.999
+    loss: str = "l1"
+    workers: int = 1
     patch_history: list[list[int]] = field(default_factory=list)
 
     def unet(self) -> UNetConfig:
         return UNetConfig(
             channels=CFA_CHANNELS[self.cfa], width=self.width, max_mult=self.max_mult,
-            residual=self.residual,
+            residual=self.residual, noise_map=self.noise_map,
         )
 
 
@@ -89,16 +99,21 @@ def load_checkpoint(path: Path) -> dict[str, object]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+VAL_RATIOS = (100.0, 300.0, 1.0, 250.0)
+
+
 def validation_batch(
     photos: list[data_mod.Photo], cfa: str, packed: int, count: int = 8, seed: int = 1234
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed, seeded (noisy, clean) NCHW batch from validation photos (centre crops, ratios
-    alternating 100 / 300, A7S2 noise drawn from its own generator so the batch does not change
-    when the training noise mix does)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fixed, seeded (noisy, clean, noise) batch from validation photos: NCHW, NCHW, (N, 2).
+
+    Centre crops, ratios cycling through VAL_RATIOS, A7S2 noise drawn from its own generator so
+    the batch does not change when the training noise mix does; the noise input is the estimate
+    from each noisy crop, as at convert time."""
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng(seed + 1)
     size = mosaic_size(packed, cfa)
-    xs, ys = [], []
+    xs, ys, ns = [], [], []
     usable = [p for p in photos if min(p.pixels.shape[:2]) >= size]
     for i in range(count):
         px = usable[i % len(usable)].pixels
@@ -106,18 +121,72 @@ def validation_batch(
         x0 = (px.shape[1] - size) // 2
         crop = px[y0 : y0 + size, x0 : x0 + size].astype(np.float32) / 255
         noise = sample_params(noise_rng, "a7s2")
-        ratio = 100.0 if i % 2 == 0 else 300.0
+        ratio = VAL_RATIOS[i % len(VAL_RATIOS)]
         pair = make_pair(crop, cfa, rng, ratio=ratio, noise=noise, exposure=1.0)
         sl = (slice(1, 1 + packed), slice(1, 1 + packed))
         xs.append(pair.noisy[sl].transpose(2, 0, 1))
         ys.append(pair.clean[sl].transpose(2, 0, 1))
-    return np.stack(xs), np.stack(ys)
+        ns.append(pair.noise_vector())
+    return np.stack(xs), np.stack(ys), np.stack(ns)
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless training batches ``(x, y, noise)`` as numpy arrays, made from the photos.
+
+    Run in DataLoader worker processes, each with its own seed, so that unprocessing and noise
+    synthesis never take the training thread's time.
+    """
+
+    def __init__(self, photos: list[data_mod.Photo], cfg: TrainConfig, seed: int) -> None:
+        self.photos, self.cfg, self.seed = photos, cfg, seed
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        info = torch.utils.data.get_worker_info()
+        seed = self.seed + (info.id * 1_000_003 if info is not None else 0)
+        torch.set_num_threads(1)
+        sampler = data_mod.PatchSampler(self.photos, seed=seed)
+        rng = np.random.default_rng(seed + 7919)
+        size = mosaic_size(self.cfg.patch, self.cfg.cfa)
+        while True:
+            pairs = [
+                training_pair(sampler.crop(size), self.cfg.cfa, self.cfg.patch, rng)
+                for _ in range(self.cfg.batch)
+            ]
+            xs, ys, ns = zip(*pairs, strict=True)
+            yield np.stack(xs), np.stack(ys), np.stack(ns)
+
+
+def batches(
+    photos: list[data_mod.Photo], cfg: TrainConfig, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Training batches as tensors, from ``cfg.workers`` processes (0: made in this one)."""
+    stream = PairStream(photos, cfg, seed)
+    if cfg.workers <= 0:
+        for x, y, n in stream:
+            yield torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(n)
+        return
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
+        persistent_workers=True,
+    )
+    for x, y, n in loader:
+        yield x, y, n
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR (dB) of tensors in 0..1 (``a`` is clipped first)."""
     mse = torch.mean((a.clamp(0, 1) - b) ** 2).item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * weights`` for every floating tensor of ``model``."""
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
 
 
 class Trainer:
@@ -134,7 +203,7 @@ class Trainer:
             # The network shape comes from the checkpoint; schedule, patch and batch from the
             # command line, so a resumed run can grow its patches.
             cfg.cfa, cfg.width, cfg.residual = stored.cfa, stored.width, stored.residual
-            cfg.max_mult = stored.max_mult
+            cfg.max_mult, cfg.noise_map = stored.max_mult, stored.noise_map
             cfg.patch_history = stored.patch_history
             self.step = int(ckpt["step"])  # type: ignore[arg-type]
             self.elapsed = float(ckpt["elapsed"])  # type: ignore[arg-type]
@@ -162,15 +231,30 @@ class Trainer:
         self.model.to(self.device)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         if ckpt is not None:
             self.opt.load_state_dict(ckpt["optimizer"])  # type: ignore[arg-type]
+        self.ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if ckpt is not None and "ema" in ckpt:
+            self.ema = {k: v.clone() for k, v in ckpt["ema"].items()}  # type: ignore[union-attr]
         if not cfg.patch_history or cfg.patch_history[-1][1] != cfg.patch:
             cfg.patch_history.append([self.step, cfg.patch])
 
+    def forward(
+        self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The network on a batch, with the noise input when it takes one."""
+        if self.cfg.noise_map:
+            return model(x, noise)
+        return model(x)
+
     def loss(self, pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch: L1 to the clean patch ``y`` (a subclass may distil from a
-        teacher instead, as :mod:`sidraw.train.qat` does)."""
+        """Training loss of a batch: L1 (or L2) to the clean patch ``y`` (a subclass may distil
+        from a teacher instead, as :mod:`sidraw.train.qat` does)."""
+        if self.cfg.loss == "l2":
+            return torch.mean((pred - y) ** 2)
         return torch.mean(torch.abs(pred - y))
 
     def log(self, msg: str) -> None:
@@ -183,6 +267,7 @@ class Trainer:
         return {
             "config": asdict(self.cfg),
             "model": state,
+            "ema": {k: v.detach().cpu().clone() for k, v in self.ema.items()},
             "optimizer": self.opt.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
@@ -197,16 +282,12 @@ class Trainer:
         val_photos = data_mod.load_photos(root, val_e)
         self.log(f"{len(photos)} train / {len(val_photos)} val photos in "
                  f"{time.perf_counter() - t0:.0f} s; params {count_params(self.model)}")
-        sampler = data_mod.PatchSampler(photos, seed=cfg.seed + self.step)
-        rng = np.random.default_rng(cfg.seed + 7919 * self.step)
-        vx, vy = validation_batch(val_photos, cfg.cfa, min(cfg.patch, 128))
-        vx_t = torch.from_numpy(vx).to(self.device)
-        vy_t = torch.from_numpy(vy).to(self.device)
-        size = mosaic_size(cfg.patch, cfg.cfa)
+        val = [torch.from_numpy(a).to(self.device)
+               for a in validation_batch(val_photos, cfg.cfa, min(cfg.patch, 128))]
+        stream = batches(photos, cfg, cfg.seed + 7919 * self.step)
         last_ckpt = time.perf_counter()
         run_start = time.perf_counter() - self.elapsed
         losses: list[float] = []
-        autocast_dtype = torch.bfloat16
         while self.step < cfg.steps:
             self.elapsed = time.perf_counter() - run_start
             if cfg.minutes > 0 and self.elapsed >= cfg.minutes * 60:
@@ -214,38 +295,47 @@ class Trainer:
             lr = lr_at(cfg, self.step, self.elapsed)
             for g in self.opt.param_groups:
                 g["lr"] = lr
-            pairs = [
-                training_pair(sampler.crop(size), cfg.cfa, cfg.patch, rng)
-                for _ in range(cfg.batch)
-            ]
-            xs, ys = zip(*pairs, strict=True)
-            x = torch.from_numpy(np.stack(xs)).to(self.device)
-            y = torch.from_numpy(np.stack(ys)).to(self.device)
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=autocast_dtype):
-                pred = self.model(x)
-            loss = self.loss(pred.float(), x, y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            losses.append(loss.item())
+            x, y, noise = (t.to(self.device) for t in next(stream))
+            losses.append(self.train_step(x, y, noise))
             self.step += 1
             if self.step % 100 == 0:
                 self.log(f"step {self.step} loss {np.mean(losses):.5f} lr {lr:.2e} "
                          f"elapsed {self.elapsed / 60:.1f} min")
                 losses.clear()
             if time.perf_counter() - last_ckpt >= cfg.checkpoint_minutes * 60:
-                self.checkpoint(vx_t, vy_t)
+                self.checkpoint(*val)
                 last_ckpt = time.perf_counter()
         self.elapsed = time.perf_counter() - run_start
-        self.checkpoint(vx_t, vy_t)
+        self.checkpoint(*val)
         self.log("done")
 
-    def checkpoint(self, vx: torch.Tensor, vy: torch.Tensor) -> None:
-        self.model.eval()
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor) -> float:
+        """One optimiser step on a batch; returns its loss."""
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            pred = self.forward(self.model, x, noise)
+        loss = self.loss(pred.float(), x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        if self.cfg.ema > 0:
+            ema_update(self.ema, self.model, self.cfg.ema)
+        return float(loss.item())
+
+    def ema_model(self) -> torch.nn.Module:
+        """A copy of the network with the averaged weights (what is validated and exported)."""
+        model = UNet(self.cfg.unet()).to(self.device)
+        model.load_state_dict(self.ema if self.cfg.ema > 0 else self.model.state_dict())
+        return model.eval()
+
+    def checkpoint(self, vx: torch.Tensor, vy: torch.Tensor, vn: torch.Tensor) -> None:
+        model = self.ema_model() if isinstance(self.model, UNet) else self.model
+        model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
-            pred = self.model(vx).float()
+            pred = self.forward(model, vx, vn).float()
         self.model.train()
         val = psnr(pred, vy)
         save_checkpoint(self.ckpt_path, self.payload())
@@ -263,6 +353,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--max-mult", type=int, default=d.max_mult,
                     help="cap on the width multiplier of the deepest levels (SID: 16)")
     ap.add_argument("--residual", action="store_true", help="add the input to the output")
+    ap.add_argument("--noise-map", action="store_true",
+                    help="condition on the estimated noise (second input)")
+    ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    ap.add_argument("--clip", type=float, default=d.clip, help="gradient norm clip (0: off)")
+    ap.add_argument("--ema", type=float, default=d.ema, help="weight averaging decay (0: off)")
+    ap.add_argument("--loss", choices=("l1", "l2"), default=d.loss)
+    ap.add_argument("--workers", type=int, default=d.workers,
+                    help="processes that make training pairs (0: the training process)")
     ap.add_argument("--patch", type=int, default=d.patch, help="packed patch edge (pixels)")
     ap.add_argument("--batch", type=int, default=d.batch)
     ap.add_argument("--steps", type=int, default=d.steps, help="stop after this many steps")
@@ -289,7 +387,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         batch=a.batch,
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
-        zero_head=a.zero_head,
+        zero_head=a.zero_head, noise_map=a.noise_map, weight_decay=a.weight_decay,
+        clip=a.clip, ema=a.ema, loss=a.loss, workers=a.workers,
     )
     return cfg, Path(a.out), bool(a.resume)
 

@@ -124,9 +124,17 @@ def sample_params(rng: np.random.Generator, source: str = "mixed") -> NoiseParam
     )
 
 
+# Share of training pairs at ratio 1 (a clean long exposure that must come back unchanged).
+RATIO_ONE_PROBABILITY = 0.1
+
+
 def sample_ratio(rng: np.random.Generator) -> float:
-    """Amplification ratio: log-uniform 50..300 with probability 0.8, else 1..50."""
-    if rng.random() < 0.8:
+    """Amplification ratio: exactly 1 with probability 0.1, log-uniform 50..300 with
+    probability 0.7, else log-uniform 1..50."""
+    u = rng.random()
+    if u < RATIO_ONE_PROBABILITY:
+        return 1.0
+    if u < RATIO_ONE_PROBABILITY + 0.7:
         return float(math.exp(rng.uniform(math.log(50), math.log(300))))
     return float(math.exp(rng.uniform(0.0, math.log(50))))
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..mosaic import Layout, normalise_packed, pack
+from ..noise_estimate import NoiseEstimate, estimate_noise, noise_vector
 from .noise import NoiseParams, add_noise, sample_params, sample_ratio
 from .unprocess import CameraParams, layout_for, mosaic, random_camera, random_pattern, unprocess
 
@@ -41,6 +42,15 @@ def network_input(
     return x
 
 
+def frame_estimate(
+    raw_dn: np.ndarray, layout: Layout, black: np.ndarray | float, white: float
+) -> NoiseEstimate:
+    """The noise estimate ``sidraw convert`` makes of a raw mosaic (normalised units)."""
+    p = layout.period
+    black_pp = np.broadcast_to(np.asarray(black, dtype=np.float32), (p, p))
+    return estimate_noise(normalise_packed(pack(raw_dn, layout), layout, black_pp, white))
+
+
 @dataclass
 class Pair:
     """One training or validation pair.
@@ -52,6 +62,7 @@ class Pair:
         raw_dn: (H, W) uint16 noisy raw, black included.
         pattern: (P, P) CFA letters.
         ratio, noise, camera: how it was made.
+        estimate: the noise fitted on ``raw_dn`` as convert fits it.
     """
 
     noisy: np.ndarray
@@ -62,6 +73,11 @@ class Pair:
     ratio: float
     noise: NoiseParams
     camera: CameraParams
+    estimate: NoiseEstimate
+
+    def noise_vector(self, scale: float = 1.0) -> np.ndarray:
+        """(2,) float32 network noise input of this pair, variances times ``scale``."""
+        return noise_vector(self.estimate.scaled(scale), self.ratio)[0]
 
 
 def make_pair(
@@ -96,7 +112,8 @@ def make_pair(
     clean = pack(clean_mosaic, layout)
     raw = add_noise(clean_mosaic, ratio, noise, rng)
     noisy = network_input(raw, layout, noise.black, noise.white, ratio)
-    return Pair(noisy, clean, clean_mosaic, raw, pattern, ratio, noise, camera)
+    estimate = frame_estimate(raw, layout, noise.black, noise.white)
+    return Pair(noisy, clean, clean_mosaic, raw, pattern, ratio, noise, camera, estimate)
 
 
 def mosaic_size(packed: int, cfa: str) -> int:
@@ -106,15 +123,25 @@ def mosaic_size(packed: int, cfa: str) -> int:
     return (packed + 2) * block
 
 
+# Half of the training pairs see their noise estimate scaled by a log-normal factor of this
+# spread (in log variance), so that a wrong estimate at convert time degrades gracefully.
+ESTIMATE_JITTER = 0.35
+
+
 def training_pair(
     srgb: np.ndarray, cfa: str, packed: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A random pair cropped to ``packed`` x ``packed``: (noisy, clean), each (C, p, p) float32.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random pair cropped to ``packed`` x ``packed``.
 
     ``srgb`` must be (mosaic_size(packed), mosaic_size(packed), 3).
+
+    Returns:
+        (noisy, clean, noise): (C, p, p) float32 each, and the (2,) float32 noise input fitted
+        on the whole noisy crop (jittered for half of the pairs).
     """
     pair = make_pair(srgb, cfa, rng)
     sl = (slice(1, 1 + packed), slice(1, 1 + packed))
     noisy = np.ascontiguousarray(pair.noisy[sl].transpose(2, 0, 1))
     clean = np.ascontiguousarray(pair.clean[sl].transpose(2, 0, 1))
-    return noisy, clean
+    scale = math.exp(rng.normal(0.0, ESTIMATE_JITTER)) if rng.random() < 0.5 else 1.0
+    return noisy, clean, pair.noise_vector(scale)

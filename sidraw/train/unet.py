@@ -25,13 +25,18 @@ class UNetConfig:
         width: channels of the first level; level ``k`` has ``width * 2**k`` (SID uses 32).
         max_mult: cap on the width multiplier of the deepest levels (SID: 16). A cap of 8 drops
             a third of the parameters (most sit at 1/16 resolution) for very little compute.
-        residual: add the input to the output, so the layers learn a correction.
+        residual: add the input to the output, so the layers learn a correction (the head
+            starts at zero: a new residual network is the identity).
+        noise_map: a second input ``noise`` (N, 2) of ``[a, b]`` (see
+            :func:`sidraw.noise_estimate.noise_vector`); the network sees the expected noise
+            ``sqrt(a * max(x, 0) + b)`` of every input value as ``channels`` extra input channels.
     """
 
     channels: int = 4
     width: int = 32
     max_mult: int = 16
     residual: bool = False
+    noise_map: bool = False
 
     @property
     def widths(self) -> list[int]:
@@ -61,7 +66,7 @@ class UNet(nn.Module):
         c, w = config.channels, config.width
         widths = config.widths
         self.enc = nn.ModuleList()
-        cin = c
+        cin = 2 * c if config.noise_map else c
         for cw in widths:
             self.enc.append(_double_conv(cin, cw))
             cin = cw
@@ -72,10 +77,17 @@ class UNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(widths[k], widths[k - 1], 2, stride=2))
             self.dec.append(_double_conv(2 * widths[k - 1], widths[k - 1]))
         self.head = nn.Conv2d(w, c, 1)
+        if config.residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         skips = []
         h = x
+        if self.config.noise_map:
+            if noise is None:
+                raise ValueError("this network needs the noise input")
+            h = torch.cat([x, noise_std(x, noise)], dim=1)
         for i, block in enumerate(self.enc):
             h = block(h)
             if i < len(self.enc) - 1:
@@ -88,6 +100,14 @@ class UNet(nn.Module):
         if self.config.residual:
             out = out + x
         return out
+
+
+def noise_std(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Expected noise std of every value of ``x`` (N, C, h, w) under ``noise`` (N, 2) = [a, b]:
+    ``sqrt(a * max(x, 0) + b)``, same shape as ``x``."""
+    a = noise[:, 0].reshape(-1, 1, 1, 1)
+    b = noise[:, 1].reshape(-1, 1, 1, 1)
+    return torch.sqrt(torch.clamp(a * torch.relu(x) + b, min=1e-10))
 
 
 def count_params(model: nn.Module) -> int:
@@ -105,7 +125,7 @@ def gflops_per_megapixel(config: UNetConfig, block: int) -> float:
     c, w = config.channels, config.width
     widths = config.widths
     macs = 0.0  # per packed pixel at full packed resolution
-    cin = c
+    cin = 2 * c if config.noise_map else c
     for k, cw in enumerate(widths):
         macs += 9 * (cin * cw + cw * cw) / 4**k
         cin = cw
