@@ -106,9 +106,8 @@ def raw_format(data: bytes, name: str) -> str:
 
 # Extensions whose format is known from the content: a TIFF-based file under one of these names
 # is not what its name says.
-_CONTENT_NAMED = frozenset(
-    k for _, _, k in _RAW_MAGIC if k not in ("TIFF", "JPEG", "RAW")
-) | {"DNG", "CR2", "TIF", "TIFF"}
+_OWN_MARK = frozenset(k for _, _, k in _RAW_MAGIC if k not in ("TIFF", "RAW"))
+_CONTENT_NAMED = _OWN_MARK | {"DNG", "CR2", "TIF", "TIFF"}
 
 
 def _is_dng(data: bytes) -> bool:
