@@ -74,5 +74,5 @@ def test_sampled_parameters_in_range() -> None:
 
 def test_a7s2_median_parameters() -> None:
     p = noise.a7s2_params(1.0)
-    assert p.sigma_read == pytest.approx(math.exp(0.5657))
+    assert p.sigma_read == pytest.approx(math.exp(1.2182))  # ELD g_scale: the Gaussian std
     assert p.sigma_row == pytest.approx(math.exp(-0.5917))

@@ -45,7 +45,8 @@ def noise_description() -> dict[str, object]:
         "a7s2": {
             "ln_K_uniform": [round(v, 4) for v in noise.A7S2_LN_K],
             "K_units": "DN per electron of a 14-bit sensor (white - black = 16383 - 512)",
-            "ln_sigma_read": "N(0.4621 ln K + 0.5657, 0.2634^2)",
+            "ln_sigma_read": "N(0.5407 ln K + 1.2182, 0.2675^2) (ELD's Gaussian read-noise fit; "
+                             "sidraw 0.1 used the Tukey-lambda scale fit, about half the std)",
             "ln_sigma_row": "N(0.5275 ln K - 0.5917, 0.2943^2)",
         },
         "darktable_derived": {

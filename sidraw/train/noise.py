@@ -21,7 +21,11 @@ from scipy import stats
 
 # ELD's calibration of the Sony A7S II (14-bit, white - black = 16383 - 512 DN).
 A7S2_LN_K = (math.log(0.0939), math.log(6.011))
-A7S2_READ = (0.4621, 0.5657, 0.2634)  # ln sigma_read ~ N(slope * ln K + bias, std^2)
+# ln sigma_read ~ N(slope * ln K + bias, std^2): ELD's fit of the Gaussian read noise's standard
+# deviation (``g_scale``). Until sidraw 0.1 this was ELD's Tukey-lambda *scale* (``G_scale``:
+# 0.4621, 0.5657, 0.2634), read as a standard deviation; a Tukey-lambda of lambda ~ 0 has a std
+# of about 1.8 times its scale, so read noise was about half of the camera's.
+A7S2_READ = (0.5407, 1.2182, 0.2675)
 A7S2_ROW = (0.5275, -0.5917, 0.2943)  # ln sigma_row ~ N(slope * ln K + bias, std^2)
 
 # Derived from darktable's noise profiles (data/noise/darktable_noiseprofiles.json): all 9599

@@ -21,7 +21,7 @@ def onnx_initializers(path: str | Path) -> dict[str, np.ndarray]:
 def load_checkpoint_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
     """Like :func:`load_onnx_weights`, from a training checkpoint (``checkpoint.pt``)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    source = ckpt["model"]
+    source = ckpt.get("ema") or ckpt["model"]  # the averaged weights, when the run kept them
     state = model.state_dict()
     loaded, skipped = [], []
     with torch.no_grad():
