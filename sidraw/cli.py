@@ -252,6 +252,8 @@ def _info_rows(report: dict[str, Any]) -> Iterator[tuple[str, str]]:
             "noise",
             f"gain {noise['k_dn_per_electron']:.3g} DN/e-, read {noise['read_dn']:.3g} DN",
         )
+        if noise.get("calibration"):
+            yield "calibration", noise["calibration"]
     yield "auto ratio", auto["why"]
     if auto["equivalent_exposure"]:
         yield "looks like", f"a {_seconds(auto['equivalent_exposure'])} exposure"

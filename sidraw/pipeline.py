@@ -19,6 +19,7 @@ import numpy as np
 import rawpy
 
 from . import __version__, metadata
+from .calibration import CheckedNoise, calibration_for, check_estimate
 from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
@@ -197,7 +198,7 @@ def denoise(
 
     vector = None
     if network.card.noise_input is not None:
-        fitted = noise if noise is not None else estimate_file_noise(raw)
+        fitted = noise if noise is not None else estimate_file_noise(raw).estimate
         vector = noise_vector(fitted, float(ratio))
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -281,7 +282,21 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
     )
 
 
-def estimate_file_noise(raw: RawFile) -> NoiseEstimate:
+def estimate_file_noise(raw: RawFile) -> CheckedNoise:
+    """The noise of an open raw file: its own fit, checked against the camera's published
+    calibration where sidraw has one (:mod:`sidraw.calibration`)."""
+    fitted = fit_file_noise(raw)
+    calibration = calibration_for(raw.info.exif.model)
+    if calibration is None:
+        return CheckedNoise(fitted, "")
+    return check_estimate(fitted, calibration, _white_range(raw))
+
+
+def _white_range(raw: RawFile) -> float:
+    return float(raw.info.white) - float(np.mean(raw.info.black))
+
+
+def fit_file_noise(raw: RawFile) -> NoiseEstimate:
     """Fit the noise of an open raw file (:func:`sidraw.noise_estimate.estimate_noise`) on
     evenly spread bands of packed rows (all of them for frames up to NOISE_SAMPLE values)."""
     layout = raw.info.layout
@@ -301,11 +316,14 @@ def estimate_file_noise(raw: RawFile) -> NoiseEstimate:
     return estimate_noise(np.concatenate(parts, axis=1))
 
 
-def noise_report(estimate: NoiseEstimate, raw: RawFile) -> dict[str, float]:
-    """A noise estimate in the file's DN: ``k_dn_per_electron`` (gain) and ``read_dn``."""
-    white_range = float(raw.info.white) - float(np.mean(raw.info.black))
-    k, read = estimate.in_dn(white_range)
-    return {"k_dn_per_electron": round(k, 4), "read_dn": round(read, 3)}
+def noise_report(noise: CheckedNoise, raw: RawFile) -> dict[str, Any]:
+    """A file's noise in its DN: ``k_dn_per_electron`` (gain), ``read_dn`` and, for a calibrated
+    camera, what the ``calibration`` check found."""
+    k, read = noise.estimate.in_dn(_white_range(raw))
+    report: dict[str, Any] = {"k_dn_per_electron": round(k, 4), "read_dn": round(read, 3)}
+    if noise.note:
+        report["calibration"] = noise.note
+    return report
 
 
 def _normalise_at(
@@ -455,7 +473,7 @@ class PreparedFile:
         self.network: Network | None = None
         self.naive: np.ndarray | None = None
         self.decision: RatioDecision | None = None
-        self.noise: NoiseEstimate | None = None
+        self.noise: CheckedNoise | None = None
         self._stack = stack
 
     def close(self) -> None:
@@ -510,7 +528,7 @@ def prepare_file(
                 opts,
                 out=raw.mosaic,
                 decision=decision,
-                noise=prepared.noise,
+                noise=prepared.noise.estimate if prepared.noise else None,
                 progress=progress,
                 timings=prepared.timings,
             )
