@@ -45,7 +45,7 @@ from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
 TAKE_ROWS = 32
 #: The noise fit reads bands of this many packed rows, up to NOISE_SAMPLE packed values in all.
 NOISE_BAND = 32
-NOISE_SAMPLE = 4_000_000
+NOISE_SAMPLE = 1_000_000
 
 
 @dataclass(frozen=True)
