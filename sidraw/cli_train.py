@@ -104,8 +104,33 @@ def eval_command(
     update_card: Annotated[
         bool, typer.Option(help="Write each model's table into its JSON and Markdown cards.")
     ] = False,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score on real short/long pairs instead: a SID list, a folder with short/ and "
+            "long/, or a CSV with short,long columns."
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="With --pairs: model card, ONNX file or folder (default: bundled)."),
+    ] = None,
+    crops: Annotated[
+        int, typer.Option(help="With --pairs: before/after JPEGs for this many pairs.")
+    ] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="With --pairs: print the results as JSON.")
+    ] = False,
+    naive_only: Annotated[
+        bool, typer.Option(help="With --pairs: score naive amplification only.")
+    ] = False,
 ) -> None:
-    """Evaluate models against naive amplification and BM3D on held-out photos."""
+    """Evaluate models against naive amplification and BM3D on held-out photos, or with --pairs
+    on real short/long exposure pairs."""
+    if pairs is not None:
+        _eval_pairs(pairs, model or (models[0] if models else None), out, threads, crops,
+                    as_json, naive_only)
+        return
     _require_train_extra(("onnx", "scipy", "PIL", "bm3d"))
     import json
 
@@ -134,3 +159,42 @@ def eval_command(
             update_validation(model, summary)
         typer.echo(f"\n{model or kind}\n")
         typer.echo(markdown_table(summary))
+
+
+def _eval_pairs(
+    pairs: Path, model: Path | None, out: Path, threads: int, crops: int, as_json: bool,
+    naive_only: bool,
+) -> None:
+    """``sidraw eval --pairs``: the table per ratio bucket (or JSON); exit 1 if a pair failed."""
+    _require_train_extra(("scipy", "PIL"))
+    import json
+
+    from .errors import SidrawError
+    from .pair_eval import evaluate_pairs, markdown_table
+    from .pairs import load_pairs
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    try:
+        found = load_pairs(pairs)
+        for line in found.refused:
+            log(f"✗ {line}")
+        if not found.pairs:
+            log(f"error: no usable pairs in {pairs}")
+            raise typer.Exit(1)
+        summary = evaluate_pairs(
+            found, model=model, use_model=not naive_only, device="cpu", threads=threads,
+            crops=crops, out=out, log=log,
+        )
+    except SidrawError as exc:
+        log(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(f"\n{summary['model'] or 'naive only'} on {len(summary['pairs'])} pairs "
+                   f"of {pairs} (tables and crops in {out})\n")
+        typer.echo(markdown_table(summary))
+    if summary["refused"]:
+        raise typer.Exit(1)
