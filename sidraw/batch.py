@@ -12,7 +12,9 @@ from __future__ import annotations
 import glob
 import os
 import signal
+import stat
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,8 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claims import Claim, cleanup_stale_claims, try_claim
 from .errors import InputError, OutputError, SidrawError
-from .output import EXTENSIONS, STALE_TMP_SECONDS, ImageFormat, cleanup_temporaries
+from .output import (
+    EXTENSIONS,
+    STALE_TMP_SECONDS,
+    ImageFormat,
+    cleanup_temporaries,
+    describe_os_error,
+)
 from .raw import RAW_EXTENSIONS
 
 DEFAULT_NAME = "{stem}"
@@ -175,14 +184,116 @@ def plan_jobs(
     return plan
 
 
+#: Why a job was skipped: its output existed when the batch reached it, another process holds
+#: its claim (:mod:`sidraw.claims`), or its output was written by another process meanwhile.
+SKIP_EXISTS = "exists"
+SKIP_ELSEWHERE = "in progress elsewhere"
+SKIP_APPEARED = "appeared meanwhile"
+
+
 @dataclass
 class Outcome:
-    """Result of one job: ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"``."""
+    """Result of one job: ``status`` is ``"ok"``, ``"skipped"`` or ``"failed"``.
+
+    ``reason`` says why a job was skipped (:data:`SKIP_EXISTS`, :data:`SKIP_ELSEWHERE`,
+    :data:`SKIP_APPEARED`); None otherwise. A skip is never a failure.
+    """
 
     job: Job
     status: str
     result: object | None = None
     error: SidrawError | None = None
+    reason: str | None = None
+
+
+def attempt(job: Job, stage: Callable[[Any], object], arg: object) -> Outcome:
+    """Run one stage of a job; a :class:`SidrawError` or ``MemoryError`` is its failure."""
+    try:
+        return Outcome(job, "ok", result=stage(arg))
+    except SidrawError as exc:
+        return Outcome(job, "failed", error=exc)
+    except MemoryError:
+        return Outcome(job, "failed", error=SidrawError("out of memory", job.src))
+
+
+def _written_since(dst: Path, overwrite: bool, since: float) -> bool:
+    """Whether ``dst`` is an output this batch must keep: any existing file, or with
+    ``overwrite`` one written after ``since`` (seconds since the epoch: another run of the
+    same batch wrote it)."""
+    try:
+        st = dst.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (not overwrite or st.st_mtime >= since)
+
+
+def begin_job(
+    job: Job, *, overwrite: bool, since: float, claims: bool = True, batch: str = ""
+) -> tuple[Claim | None, Outcome | None]:
+    """Everything before a job's conversion: checks, its folder, its claim.
+
+    Returns:
+        (the claim to release when the job ends, None) when the job is to be converted (no
+        claim without ``claims``), or (None, the job's outcome) when it is skipped or failed.
+    """
+    if job.dst.is_dir():
+        error = OutputError("a folder of that name exists", job.dst)
+        return None, Outcome(job, "failed", error=error)
+    if not overwrite and job.dst.exists():
+        return None, Outcome(job, "skipped", reason=SKIP_EXISTS)
+    folder = job.dst.parent
+    if folder != Path():
+        try:
+            _make_folder(folder)
+        except SidrawError as exc:
+            return None, Outcome(job, "failed", error=exc)
+    if not claims:
+        return None, None
+    try:
+        claim = try_claim(job.dst, batch)
+    except OSError as exc:
+        error = OutputError(f"cannot claim the output: {describe_os_error(exc)}", job.dst)
+        return None, Outcome(job, "failed", error=error)
+    if claim is None:
+        return None, Outcome(job, "skipped", reason=SKIP_ELSEWHERE)
+    if _written_since(job.dst, overwrite, since):  # finished by another run since we looked
+        claim.release()
+        return None, Outcome(job, "skipped", reason=SKIP_APPEARED)
+    return claim, None
+
+
+def settle(outcome: Outcome, *, overwrite: bool, since: float) -> Outcome:
+    """A failure to write an output that another process wrote meanwhile is a skip."""
+    if (
+        outcome.status == "failed"
+        and isinstance(outcome.error, OutputError)
+        and not overwrite
+        and _written_since(outcome.job.dst, overwrite, since)
+    ):
+        return Outcome(outcome.job, "skipped", reason=SKIP_APPEARED)
+    return outcome
+
+
+def run_one(
+    job: Job,
+    convert: Callable[[Job], object],
+    *,
+    overwrite: bool = False,
+    since: float | None = None,
+    claims: bool = True,
+    batch: str = "",
+) -> Outcome:
+    """One whole job, claimed: checks, claim, ``convert(job)``, release (what a cluster task
+    runs). ``since``: when the batch started (seconds since the epoch; default now)."""
+    since = time.time() if since is None else since
+    claim, outcome = begin_job(job, overwrite=overwrite, since=since, claims=claims, batch=batch)
+    if outcome is not None:
+        return outcome
+    try:
+        return settle(attempt(job, convert, job), overwrite=overwrite, since=since)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def run_jobs(
@@ -192,14 +303,22 @@ def run_jobs(
     finish: Callable[[Any], object] | None = None,
     overwrite: bool = False,
     on_outcome: Callable[[Outcome], None] | None = None,
+    claims: bool = True,
 ) -> list[Outcome]:
     """Run every job; a failing file is recorded and the batch goes on.
 
     Existing outputs are skipped (not an error) unless ``overwrite``: a re-run of an interrupted
     batch picks up where it stopped. Temporary files that a killed run left in an output folder
     (older than :data:`~sidraw.output.STALE_TMP_SECONDS`) are removed when the batch reaches that
-    folder. While the batch runs, SIGTERM and SIGHUP stop it like Ctrl-C
+    folder, and so are stale claims (:func:`~sidraw.claims.cleanup_stale_claims`). While the
+    batch runs, SIGTERM and SIGHUP stop it like Ctrl-C
     (:func:`terminate_as_interrupt`): ``KeyboardInterrupt`` is raised, no partial output is left.
+
+    With ``claims`` (the default), each output is claimed (:mod:`sidraw.claims`) before its
+    conversion and released after it, so several processes can run the same batch: a job whose
+    claim another live process holds is skipped (:data:`SKIP_ELSEWHERE`), and one whose output
+    another process wrote meanwhile too (:data:`SKIP_APPEARED`; with ``overwrite``: an output
+    written after this batch started).
 
     With ``finish``, each job runs in two stages: ``convert(job)`` in the calling thread returns
     an intermediate that ``finish`` turns into the result in one worker thread, so that the next
@@ -210,19 +329,18 @@ def run_jobs(
     """
     outcomes: list[Outcome] = []
     cleaned: set[Path] = set()
+    held: dict[Job, Claim | None] = {}  # jobs being converted, and their claims
+    since = time.time()
 
     def emit(outcome: Outcome) -> None:
+        if outcome.job in held:
+            claim = held.pop(outcome.job)
+            if claim is not None:
+                claim.release()
+            outcome = settle(outcome, overwrite=overwrite, since=since)
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
-
-    def attempt(job: Job, stage: Callable[[Any], object], arg: object) -> Outcome:
-        try:
-            return Outcome(job, "ok", result=stage(arg))
-        except SidrawError as exc:
-            return Outcome(job, "failed", error=exc)
-        except MemoryError:
-            return Outcome(job, "failed", error=SidrawError("out of memory", job.src))
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="sidraw-finish") if finish else None
     pending: tuple[Job, Future[Outcome]] | None = None
@@ -241,28 +359,22 @@ def run_jobs(
                 if folder not in cleaned:
                     cleaned.add(folder)
                     cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
-                if job.dst.is_dir():
-                    error = OutputError("a folder of that name exists", job.dst)
-                    outcome = Outcome(job, "failed", error=error)
-                elif not overwrite and job.dst.exists():
-                    outcome = Outcome(job, "skipped")
-                else:
-                    if folder != Path():
-                        try:
-                            _make_folder(folder)
-                        except SidrawError as exc:
-                            collect()
-                            emit(Outcome(job, "failed", error=exc))
-                            continue
-                    outcome = attempt(job, convert, job)
-                    if pool is not None and finish is not None and outcome.status == "ok":
-                        try:
-                            collect()
-                        except BaseException:
-                            _close(outcome.result)
-                            raise
-                        pending = (job, pool.submit(attempt, job, finish, outcome.result))
-                        continue
+                    cleanup_stale_claims(folder)
+                claim, early = begin_job(job, overwrite=overwrite, since=since, claims=claims)
+                if early is not None:
+                    collect()
+                    emit(early)
+                    continue
+                held[job] = claim
+                outcome = attempt(job, convert, job)
+                if pool is not None and finish is not None and outcome.status == "ok":
+                    try:
+                        collect()
+                    except BaseException:
+                        _close(outcome.result)
+                        raise
+                    pending = (job, pool.submit(attempt, job, finish, outcome.result))
+                    continue
                 collect()
                 emit(outcome)
             collect()
@@ -275,6 +387,9 @@ def run_jobs(
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
+        for claim in held.values():  # interrupted: the files being converted are not written
+            if claim is not None:
+                claim.release()
     return outcomes
 
 

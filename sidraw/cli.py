@@ -184,6 +184,7 @@ class _Batch:
                     finish=finish_file if self.pipelined else None,
                     overwrite=self.options.overwrite or self.to_stdout,
                     on_outcome=self._report,
+                    claims=not self.to_stdout,
                 )
         except KeyboardInterrupt:
             self.reporter.interrupted(self._count("ok"))
@@ -217,7 +218,7 @@ class _Batch:
             record = res.to_dict()
             self.reporter.converted(outcome.job.src, record, res.decision.describe(), res.seconds)
         elif outcome.status == "skipped":
-            self.reporter.skipped(outcome.job.src, outcome.job.dst)
+            self.reporter.skipped(outcome.job.src, outcome.job.dst, outcome.reason or "exists")
         elif outcome.error is not None:
             self.reporter.failed(outcome.error)
 

@@ -191,7 +191,8 @@ def write_image(target: BinaryIO, rgb: np.ndarray, fmt: ImageFormat) -> None:
     write_image_strips(target, rgb.shape[:2], [rgb], fmt)
 
 
-def _describe_os_error(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
+    """A short reason for an OS error: ``disk full``, ``permission denied``, ..."""
     if exc.errno == errno.ENOSPC:
         return "disk full"
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -247,7 +248,7 @@ def write_atomic(
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     except OSError as exc:
-        raise OutputError(f"cannot write here: {_describe_os_error(exc)}", final) from None
+        raise OutputError(f"cannot write here: {describe_os_error(exc)}", final) from None
     tmp = Path(tmp_name)
     try:
         os.close(fd)
@@ -266,7 +267,7 @@ def write_atomic(
             _link_no_replace(tmp, final)
         _fsync_dir(folder)
     except OSError as exc:
-        raise OutputError(f"cannot write: {_describe_os_error(exc)}", final) from None
+        raise OutputError(f"cannot write: {describe_os_error(exc)}", final) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -131,14 +131,24 @@ class Reporter:
         )
         self.line(("✓", "green"), f" {shown(src)} → {shown(output)}  {summary}  {seconds:.1f} s")
 
-    def skipped(self, src: Path, dst: Path) -> None:
-        """A file's output exists and was kept."""
+    def skipped(self, src: Path, dst: Path, reason: str = "exists") -> None:
+        """A file was not converted: its output exists and was kept (``reason`` ``"exists"``),
+        another process is converting it (``"in progress elsewhere"``), or another process
+        wrote it meanwhile (``"appeared meanwhile"``). JSON records carry ``reason``."""
         self.record(
-            {"input": json_text(src), "output": json_text(dst), "status": "skipped", "error": None}
+            {
+                "input": json_text(src),
+                "output": json_text(dst),
+                "status": "skipped",
+                "reason": reason,
+                "error": None,
+            }
         )
-        self.line(
-            ("-", "yellow"), f" {shown(src)}: skipped, {shown(dst)} exists (--overwrite replaces)"
-        )
+        if reason == "exists":
+            why = f"{shown(dst)} exists (--overwrite replaces)"
+        else:
+            why = f"{shown(dst)} {reason}"
+        self.line(("-", "yellow"), f" {shown(src)}: skipped, {why}")
 
     def planned(self, src: Path, dst: Path, exists: bool) -> None:
         """A ``--dry-run`` line."""
