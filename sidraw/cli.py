@@ -255,9 +255,25 @@ def _info_rows(report: dict[str, Any]) -> Iterator[tuple[str, str]]:
         )
         if noise.get("calibration"):
             yield "calibration", noise["calibration"]
+    if profile := report.get("profile"):
+        yield "profile", _profile_row(profile)
     yield "auto ratio", auto["why"]
     if auto["equivalent_exposure"]:
         yield "looks like", f"a {_seconds(auto['equivalent_exposure'])} exposure"
+
+
+def _profile_row(profile: dict[str, Any]) -> str:
+    """The camera profile (``sidraw calibrate``) that applies to a file, or why none does."""
+    noise = profile.get("noise")
+    if not noise:
+        measured = ", ".join(profile["measured_isos"])
+        return f"{profile['file']}: no ISO match (measured ISO {measured})"
+    parts = [f"ISO {profile['iso']}"]
+    if noise["k_dn_per_electron"] is not None:
+        parts.append(f"K {noise['k_dn_per_electron']:.3g} DN/e-")
+    if noise["read_dn"] is not None:
+        parts.append(f"read {noise['read_dn']:.3g} DN, row {noise['row_dn']:.3g} DN")
+    return f"{', '.join(parts)} ({profile['file']})"
 
 
 def _camera(cam: dict[str, Any]) -> str:
@@ -404,11 +420,12 @@ def compare(
 
 def _register_training() -> None:
     try:
-        from .cli_train import eval_command, train_command
+        from .cli_train import calibrate_command, eval_command, train_command
     except ImportError:
         return
     app.command("train", cls=opt.Command)(train_command)
     app.command("eval", cls=opt.Command)(eval_command)
+    app.command("calibrate", cls=opt.Command)(calibrate_command)
 
 
 _register_training()

@@ -198,3 +198,50 @@ def _eval_pairs(
         typer.echo(markdown_table(summary))
     if summary["refused"]:
         raise typer.Exit(1)
+
+
+def calibrate_command(
+    dark: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="PATH", help="Dark frame (lens cap on) or folder of them; repeat for more."
+        ),
+    ] = None,
+    flat: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="PATH", help="Flat frame or folder; two per ISO (or more, in pairs by name)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Profile JSON to write (default: the profile folder, by camera)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON.")] = False,
+) -> None:
+    """Measure your camera's noise per ISO: read and row noise from dark frames, gain from pairs
+    of flat frames (photon transfer). Writes a camera profile that sidraw info reports."""
+    import json
+
+    from .calibrate import calibrate, profile_dir, profile_name, raw_files, save_profile
+    from .errors import SidrawError
+
+    try:
+        profile = calibrate(raw_files(dark or []), raw_files(flat or []))
+    except SidrawError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    path = out or profile_dir() / profile_name(profile.camera)
+    save_profile(profile, path)
+    if as_json:
+        typer.echo(json.dumps({**profile.to_dict(), "profile": str(path)}))
+        return
+    typer.echo(f"{profile.camera}: wrote {path}")
+    for iso, n in profile.isos.items():
+        parts = [f"ISO {iso}:"]
+        if n.k_dn_per_electron is not None:
+            parts.append(f"K {n.k_dn_per_electron:.4g} DN/e- ({n.tiles} tiles)")
+        if n.read_dn is not None:
+            parts.append(f"read {n.read_dn:.3g} DN, row {n.row_dn:.3g} DN "
+                         f"({n.dark_frames} dark frame{'s' if n.dark_frames > 1 else ''})")
+        typer.echo("  " + "  ".join(parts))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibrate import profile_for
 from .calibration import CheckedNoise, calibration_for, check_estimate
 from .exposure import AUTO_TARGET_MEAN, DEFAULT_MAX_RATIO, choose_ratio
 from .mosaic import normalise_packed, pack
@@ -84,6 +85,7 @@ def describe_file(
         "white_balance": {"multipliers": [round(v, 4) for v in info.wb_multipliers]},
         "clipped_fraction": round(clipped, 6),
         "noise": _noise(noise, white_range, checked),
+        "profile": profile_for(info),
         "auto_ratio": {
             "ratio": round(decision.ratio, 2),
             "unclamped": round(decision.unclamped, 2),
