@@ -7,6 +7,7 @@ works without the ``train`` extra.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -61,8 +62,53 @@ def train_command(
     threads: Annotated[int, typer.Option(help="PyTorch CPU threads.")] = 2,
     checkpoint_minutes: Annotated[float, typer.Option(help="Minutes between checkpoints.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tune on real short/long pairs (SID list, short/+long/ folder or CSV), "
+            "from the bundled model or --init (its architecture is kept)."
+        ),
+    ] = None,
+    held_out: Annotated[
+        Path | None,
+        typer.Option(help="With --pairs: pairs for the early stop (default: a share of scenes)."),
+    ] = None,
+    held_out_share: Annotated[
+        float, typer.Option(help="With --pairs: share of scenes held out for the early stop.")
+    ] = 0.2,
+    few_shot: Annotated[
+        bool, typer.Option(help="With --pairs: train only the first and last layers and biases.")
+    ] = False,
+    synthetic_mix: Annotated[
+        float, typer.Option(help="With --pairs: share of synthetic pairs in each batch.")
+    ] = 0.0,
+    name: Annotated[
+        str, typer.Option(help="With --pairs: name of the tuned model (card and ONNX file).")
+    ] = "sidraw-tuned",
+    eval_every: Annotated[
+        int, typer.Option(help="With --pairs: steps between held-out evaluations.")
+    ] = 25,
+    patience: Annotated[
+        int, typer.Option(help="With --pairs: evaluations without gain before stopping.")
+    ] = 4,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="With --pairs: folder for packed crops (default <out>/cache)."),
+    ] = None,
 ) -> None:
-    """Train a denoising U-Net on synthetic low-light raw pairs."""
+    """Train a denoising U-Net on synthetic low-light raw pairs, or fine-tune one on real pairs
+    (--pairs): the result is a folder that sidraw convert --model DIR uses."""
+    if pairs is not None:
+        _require_train_extra(("torch", "onnx"))
+        _train_pairs(
+            pairs, held_out, out, init, _PairOptions(
+                patch=patch, batch=batch, steps=steps, minutes=minutes, lr=lr, seed=seed,
+                device=device, threads=threads, held_out_share=held_out_share,
+                few_shot=few_shot, synthetic_mix=synthetic_mix, name=name,
+                eval_every=eval_every, patience=patience, cache=cache, data=data,
+            ),
+        )
+        return
     _require_train_extra()
     from .train.loop import TrainConfig, Trainer
 
@@ -245,3 +291,63 @@ def calibrate_command(
             parts.append(f"read {n.read_dn:.3g} DN, row {n.row_dn:.3g} DN "
                          f"({n.dark_frames} dark frame{'s' if n.dark_frames > 1 else ''})")
         typer.echo("  " + "  ".join(parts))
+
+
+@dataclass(frozen=True)
+class _PairOptions:
+    """The options of ``sidraw train --pairs`` (see :func:`train_command`)."""
+
+    patch: int
+    batch: int
+    steps: int
+    minutes: float
+    lr: float
+    seed: int
+    device: str
+    threads: int
+    held_out_share: float
+    few_shot: bool
+    synthetic_mix: float
+    name: str
+    eval_every: int
+    patience: int
+    cache: Path | None
+    data: Path | None
+
+
+def _usable_pairs(path: Path) -> list:
+    from .pairs import load_pairs
+
+    found = load_pairs(path)
+    for line in found.refused:
+        typer.echo(f"✗ {line}", err=True)
+    return found.pairs
+
+
+def _train_pairs(
+    pairs: Path, held_out: Path | None, out: Path, init: Path | None, o: _PairOptions
+) -> None:
+    """``sidraw train --pairs``: fine-tune and export into ``out``."""
+    from .errors import SidrawError
+    from .train.loop import TrainConfig
+    from .train.real_pairs import PairTrainingError, PairTuneConfig, fine_tune
+
+    try:
+        train = _usable_pairs(pairs)
+        held = _usable_pairs(held_out) if held_out is not None else None
+        base = TrainConfig(
+            patch=o.patch, batch=o.batch, steps=o.steps, minutes=o.minutes, lr=o.lr,
+            seed=o.seed, device=o.device, threads=o.threads, data=str(o.data) if o.data else None,
+        )
+        tune = PairTuneConfig(
+            name=o.name, init=str(init) if init else None, few_shot=o.few_shot,
+            synthetic_mix=o.synthetic_mix, eval_every=o.eval_every, patience=o.patience,
+            cache=str(o.cache) if o.cache else None,
+        )
+        trainer = fine_tune(train, out, base, tune, held_out=held,
+                            held_out_share=o.held_out_share)
+    except (SidrawError, PairTrainingError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"tuned model in {out} (sidraw convert --model {out}): L1 on the training pairs "
+               f"{trainer.history[0]['train_l1']:.5f} -> {trainer.final_train_l1:.5f}")
