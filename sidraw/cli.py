@@ -24,9 +24,9 @@ from . import cli_options as opt
 from .batch import DEFAULT_NAME, Job, Outcome, run_jobs
 from .cli_options import ConvertArgs, UsageError
 from .cli_plan import STDIN, BatchPlan, gather_items, output_target, plan_batch
-from .errors import SidrawError
+from .errors import ClusterError, SidrawError
 from .exposure import DEFAULT_MAX_RATIO
-from .model import ModelCache
+from .model import ModelCache, physical_cores
 from .pipeline import (
     ConvertOptions,
     ConvertResult,
@@ -104,6 +104,8 @@ def convert(
     dry_run: opt.DryRun = False,
     as_json: opt.Json = False,
     quiet: opt.Quiet = False,
+    workers: opt.Workers = None,
+    scheduler: opt.Scheduler = None,
 ) -> None:
     """Denoise and brighten dark raw files into 16-bit TIFF, PNG or DNG files."""
     # typer hands every option over as an argument; one record carries them from here on.
@@ -133,6 +135,7 @@ def _prepare_batch(args: ConvertArgs) -> tuple[BatchPlan, ConvertOptions]:
         _check_stdout(args)
     opt.check_device(args.device.value)
     opt.check_model(args.model)
+    opt.check_cluster(args, stdin=STDIN in items, stdout=target.kind == "stdout")
     return plan_batch(items, recursive=args.recursive, target=target, name=args.name), options
 
 
@@ -161,6 +164,7 @@ class _Batch:
         self.reporter = reporter
         self.to_stdout = plan.target.kind == "stdout"
         self.pipelined = not (args.serial or self.to_stdout) and len(plan.jobs) > 1
+        self.args = args
         self.models = ModelCache(args.model, args.device.value, args.threads, args.precision.value)
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
@@ -178,20 +182,56 @@ class _Batch:
         """Convert every job; returns the exit code."""
         try:
             with self.progress:
-                run_jobs(
-                    self.plan.jobs,
-                    self._prepare if self.pipelined else self._convert,
-                    finish=finish_file if self.pipelined else None,
-                    overwrite=self.options.overwrite or self.to_stdout,
-                    on_outcome=self._report,
-                    claims=not self.to_stdout,
-                )
+                if self.args.workers is not None or self.args.scheduler is not None:
+                    self._run_cluster()
+                else:
+                    self._run_local()
         except KeyboardInterrupt:
             self.reporter.interrupted(self._count("ok"))
             return EXIT_INTERRUPTED
+        except ClusterError as exc:
+            self.reporter.failure(exc)
+            return EXIT_FAILED
         failed = len(self.plan.errors) + self._count("failed")
         self.reporter.summary(self._count("ok"), self._count("skipped"), failed)
         return EXIT_FAILED if failed else EXIT_OK
+
+    def _run_local(self) -> None:
+        run_jobs(
+            self.plan.jobs,
+            self._prepare if self.pipelined else self._convert,
+            finish=finish_file if self.pipelined else None,
+            overwrite=self.options.overwrite or self.to_stdout,
+            on_outcome=self._report,
+            claims=not self.to_stdout,
+        )
+
+    def _run_cluster(self) -> None:
+        """The batch as Dask tasks: ``--workers N`` local processes, or ``--scheduler``'s
+        cluster (:mod:`sidraw.distributed`); outcomes are reported as files finish."""
+        from .distributed import ModelSpec, local_client, remote_client, run_cluster
+
+        args = self.args
+        threads = args.threads
+        if args.workers is not None:
+            threads = threads or max(1, physical_cores() // args.workers)
+            client_context = local_client(args.workers)
+        else:
+            assert args.scheduler is not None
+            client_context = remote_client(args.scheduler)
+        spec = ModelSpec(
+            None if args.model is None else str(args.model.resolve()),
+            args.device.value,
+            threads,
+            args.precision.value,
+        )
+        with client_context as client:
+            run_cluster(self.plan.jobs, client, self.options, spec, on_outcome=self._finished)
+
+    def _finished(self, outcome: Outcome) -> None:
+        """A cluster task's outcome: the bar names the file that finished last."""
+        self.progress.update(self.task, description=shown(outcome.job.src.name))
+        self._report(outcome)
 
     def _count(self, status: str) -> int:
         return sum(o.status == status for o in self.finished)

@@ -196,6 +196,20 @@ Json = Annotated[
     bool, option("--json", help="A JSON object per file on stdout.", panel=PANEL_BATCH)
 ]
 Quiet = Annotated[bool, option("--quiet", "-q", help="Only report errors.", panel=PANEL_BATCH)]
+Workers = Annotated[
+    int | None,
+    option(
+        "--workers", help="N local worker processes (needs sidraw with the dask extra).",
+        panel=PANEL_BATCH, metavar="N",
+    ),
+]  # fmt: skip
+Scheduler = Annotated[
+    str | None,
+    option(
+        "--scheduler", help="Run on a Dask cluster: its scheduler's address.",
+        panel=PANEL_BATCH, metavar="ADDRESS",
+    ),
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -228,6 +242,8 @@ class ConvertArgs:
     dry_run: bool
     as_json: bool
     quiet: bool
+    workers: int | None = None
+    scheduler: str | None = None
 
 
 def parse_ratio(text: str) -> float | None:
@@ -315,3 +331,24 @@ def check_model(model: Path | None) -> None:
         load_card(card)
     except ModelError as exc:
         raise UsageError(f"--model {model}: {exc.reason}") from None
+
+
+def check_cluster(args: ConvertArgs, stdin: bool, stdout: bool) -> None:
+    """Refuse ``--workers`` / ``--scheduler`` where they cannot work, before any file.
+
+    Args:
+        stdin: an input is ``-``; stdout: the output is ``--out -`` (neither is a shared file).
+    """
+    if args.workers is None and args.scheduler is None:
+        return
+    if args.workers is not None and args.scheduler is not None:
+        raise UsageError("give either --workers or --scheduler, not both")
+    flag = "--workers" if args.workers is not None else "--scheduler"
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if stdin or stdout:
+        raise UsageError(f"{flag} converts files: no '-' (stdin or stdout) with it")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError(f'{flag} needs Dask: pip install "sidraw[dask]"') from None

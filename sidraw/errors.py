@@ -21,6 +21,10 @@ class SidrawError(Exception):
         self.reason = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def __reduce__(self) -> tuple[type[SidrawError], tuple[str, str | None]]:
+        # Pickled with its reason and path (a cluster task's error reaches the client whole).
+        return type(self), (self.reason, self.path)
+
 
 class InputError(SidrawError):
     """An input file cannot be used (missing, unreadable, not a file)."""
@@ -44,3 +48,7 @@ class ModelError(SidrawError):
 
 class OutputError(SidrawError):
     """An output cannot be written (exists, not writable, disk full, collides with an input)."""
+
+
+class ClusterError(SidrawError):
+    """A Dask cluster cannot be used (not installed, unreachable, its workers fail to start)."""
