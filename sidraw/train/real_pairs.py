@@ -20,7 +20,7 @@ noise-conditioned model is told the noise fit of the whole short frame
   by the synthetic pipeline (:func:`sidraw.train.pairs.training_pair`), so the model does not
   forget other cameras.
 * **Few-shot mode** (``--few-shot``): only the first and last layers and every bias are trained
-  (about 2 % of a width-24 network's parameters), for a handful of pairs.
+  (about 3,000 of the 2.9 M parameters of the bundled Bayer network), for a handful of pairs.
 * **Early stop on held-out pairs**: the L1 loss on fixed crops of held-out pairs (whole scenes kept
   out) is measured every ``eval_every`` steps; training stops after ``patience`` evaluations
   without improvement and the best weights are exported.
