@@ -400,6 +400,19 @@ def profile_for(info: RawInfo, folder: Path | None = None) -> dict[str, Any] | N
     return report
 
 
+def complete_iso(
+    profile: CameraProfile, camera: str, iso: float | None
+) -> tuple[str, IsoNoise] | None:
+    """The profile's ISO that applies to a file of ``camera`` at ``iso`` and has both a gain and a
+    read noise, or None (another camera, no ISO within ISO_STOPS, or an incomplete ISO)."""
+    if profile.camera != camera:
+        return None
+    match = profile.for_iso(iso)
+    if match is None or match[1].k_dn_per_electron is None or match[1].read_dn is None:
+        return None
+    return match
+
+
 def profile_estimate(noise: IsoNoise, white_range: float) -> NoiseEstimate:
     """The noise-conditioned model's view of a profile's ISO: normalised units (as
     :class:`~sidraw.noise_estimate.NoiseEstimate`), row noise counted with the read noise.

@@ -95,6 +95,10 @@ def train_command(
         Path | None,
         typer.Option(help="With --pairs: folder for packed crops (default <out>/cache)."),
     ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="With --pairs: camera profile (sidraw calibrate) for the noise."),
+    ] = None,
 ) -> None:
     """Train a denoising U-Net on synthetic low-light raw pairs, or fine-tune one on real pairs
     (--pairs): the result is a folder that sidraw convert --model DIR uses."""
@@ -106,6 +110,7 @@ def train_command(
                 device=device, threads=threads, held_out_share=held_out_share,
                 few_shot=few_shot, synthetic_mix=synthetic_mix, name=name,
                 eval_every=eval_every, patience=patience, cache=cache, data=data,
+                profile=profile,
             ),
         )
         return
@@ -170,12 +175,16 @@ def eval_command(
     naive_only: Annotated[
         bool, typer.Option(help="With --pairs: score naive amplification only.")
     ] = False,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="With --pairs: camera profile (sidraw calibrate) for the noise input."),
+    ] = None,
 ) -> None:
     """Evaluate models against naive amplification and BM3D on held-out photos, or with --pairs
     on real short/long exposure pairs."""
     if pairs is not None:
         _eval_pairs(pairs, model or (models[0] if models else None), out, threads, crops,
-                    as_json, naive_only)
+                    as_json, naive_only, profile)
         return
     _require_train_extra(("onnx", "scipy", "PIL", "bm3d"))
     import json
@@ -209,12 +218,13 @@ def eval_command(
 
 def _eval_pairs(
     pairs: Path, model: Path | None, out: Path, threads: int, crops: int, as_json: bool,
-    naive_only: bool,
+    naive_only: bool, profile: Path | None = None,
 ) -> None:
     """``sidraw eval --pairs``: the table per ratio bucket (or JSON); exit 1 if a pair failed."""
     _require_train_extra(("scipy", "PIL"))
     import json
 
+    from .calibrate import load_profile
     from .errors import SidrawError
     from .pair_eval import evaluate_pairs, markdown_table
     from .pairs import load_pairs
@@ -223,6 +233,7 @@ def _eval_pairs(
         typer.echo(msg, err=True)
 
     try:
+        camera = load_profile(profile) if profile is not None else None
         found = load_pairs(pairs)
         for line in found.refused:
             log(f"✗ {line}")
@@ -231,7 +242,7 @@ def _eval_pairs(
             raise typer.Exit(1)
         summary = evaluate_pairs(
             found, model=model, use_model=not naive_only, device="cpu", threads=threads,
-            crops=crops, out=out, log=log,
+            crops=crops, out=out, profile=camera, log=log,
         )
     except SidrawError as exc:
         log(f"error: {exc}")
@@ -313,6 +324,7 @@ class _PairOptions:
     patience: int
     cache: Path | None
     data: Path | None
+    profile: Path | None = None
 
 
 def _usable_pairs(path: Path) -> list:
@@ -343,6 +355,7 @@ def _train_pairs(
             name=o.name, init=str(init) if init else None, few_shot=o.few_shot,
             synthetic_mix=o.synthetic_mix, eval_every=o.eval_every, patience=o.patience,
             cache=str(o.cache) if o.cache else None,
+            profile=str(o.profile) if o.profile else None,
         )
         trainer = fine_tune(train, out, base, tune, held_out=held,
                             held_out_share=o.held_out_share)

@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from .calibrate import CameraProfile, complete_iso, profile_estimate
 from .errors import SidrawError
 from .model import Device, ModelCache, Network
 from .mosaic import Layout, normalise_packed, pack
+from .noise_estimate import NoiseEstimate
 from .pairs import PairSet, RawPair
 from .pipeline import ConvertOptions, denoise, estimate_file_noise, noise_report
 from .preview import naive_mosaic
@@ -104,7 +106,27 @@ class _ShortResult:
     seconds: float
 
 
-def _brighten_short(pair: RawPair, network: Network | None, tile: int | None) -> _ShortResult:
+def model_noise(
+    raw: RawFile, pair: RawPair, profile: CameraProfile | None
+) -> tuple[NoiseEstimate, dict[str, Any]]:
+    """The noise a noise-conditioned model is told for a short frame, and its report: the camera
+    profile's (``sidraw calibrate``) when one applies to the pair's camera and ISO, else the
+    frame's own fit, as at convert time (:func:`sidraw.pipeline.estimate_file_noise`)."""
+    match = complete_iso(profile, pair.camera, pair.iso) if profile is not None else None
+    if match is None:
+        checked = estimate_file_noise(raw)
+        return checked.estimate, {**noise_report(checked, raw), "source": "fit"}
+    white_range = float(raw.info.white) - float(np.mean(raw.info.black))
+    estimate = profile_estimate(match[1], white_range)
+    k, read = estimate.in_dn(white_range)
+    report = {"k_dn_per_electron": round(k, 4), "read_dn": round(read, 3),
+              "source": f"profile ISO {match[0]}"}
+    return estimate, report
+
+
+def _brighten_short(
+    pair: RawPair, network: Network | None, tile: int | None, profile: CameraProfile | None
+) -> _ShortResult:
     """Naive and model mosaics of a pair's short frame (closed on return)."""
     opts = ConvertOptions(ratio=pair.ratio, **({"tile": tile} if tile else {}))
     with open_raw(pair.short) as raw:
@@ -112,15 +134,17 @@ def _brighten_short(pair: RawPair, network: Network | None, tile: int | None) ->
         naive = np.clip(packed_normalised(raw) * np.float32(pair.ratio), 0.0, 1.0)
         mosaics = {"naive": naive_mosaic(raw, pair.ratio)}
         packed = {"naive": naive}
-        noise, seconds = None, 0.0
+        noise: dict[str, Any] | None = None
+        seconds = 0.0
         if network is not None:
-            checked = estimate_file_noise(raw) if network.card.noise_input else None
+            estimate = None
+            if network.card.noise_input:
+                estimate, noise = model_noise(raw, pair, profile)
             t0 = time.perf_counter()
-            clean, _ = denoise(raw, network, opts, noise=checked.estimate if checked else None)
+            clean, _ = denoise(raw, network, opts, noise=estimate)
             seconds = time.perf_counter() - t0
             mosaics["model"] = clean
             packed["model"] = packed_normalised(raw, clean)
-            noise = noise_report(checked, raw) if checked else None
     return _ShortResult(mosaics, packed, noise, seconds)
 
 
@@ -150,6 +174,7 @@ def score_pair(
     *,
     crop_path: Path | None = None,
     tile: int | None = None,
+    profile: CameraProfile | None = None,
 ) -> dict[str, Any]:
     """Scores of naive amplification and the model on one pair.
 
@@ -158,12 +183,14 @@ def score_pair(
         network: the model (None: naive only).
         crop_path: where to write a before/after JPEG (naive | model | long, centre crops).
         tile: tile edge in packed pixels (default: convert's).
+        profile: a camera profile whose noise a noise-conditioned model is told, where it
+            applies (else the frame's fit).
 
     Returns:
         ``{"pair": ..., "bucket": ..., "naive": {raw_psnr, srgb_psnr, srgb_ssim}, "model":
         {...}, "noise": ..., "model_seconds": ...}``.
     """
-    short = _brighten_short(pair, network, tile)
+    short = _brighten_short(pair, network, tile, profile)
     row: dict[str, Any] = {"pair": pair.to_dict(), "bucket": bucket_of(pair.ratio)}
     crops: list[np.ndarray] = []
     with open_raw(pair.long) as long:
@@ -231,6 +258,7 @@ def evaluate_pairs(
     crops: int = 3,
     out: Path | None = None,
     tile: int | None = None,
+    profile: CameraProfile | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score the model (bundled or ``model``) and naive amplification on every usable pair.
@@ -242,6 +270,7 @@ def evaluate_pairs(
         crops: before/after JPEGs for the first this many pairs (in ``out/crops``).
         out: folder for ``pairs_eval.json``, ``pairs_eval.md`` and the crops (None: nothing
             written).
+        profile: camera profile for noise-conditioned models (see :func:`model_noise`).
 
     Returns:
         ``{"source", "model", "pairs": [per pair], "buckets": {...}, "refused": [lines]}``.
@@ -255,7 +284,7 @@ def evaluate_pairs(
         name = network.card.name if network is not None else None
         crop = out / "crops" / f"{i:03d}_{pair.short.stem}.jpg" if out and i < crops else None
         try:
-            rows.append(score_pair(pair, network, crop_path=crop, tile=tile))
+            rows.append(score_pair(pair, network, crop_path=crop, tile=tile, profile=profile))
         except SidrawError as exc:
             failed.append(str(exc))
             log(f"✗ {exc}")

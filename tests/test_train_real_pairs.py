@@ -127,6 +127,42 @@ def test_noise_conditioned_model_few_shot(tree: Path, tmp_path: Path) -> None:
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["model"] == "nm-tuned"
     assert all(r["noise"]["k_dn_per_electron"] > 0 for r in summary["pairs"])
+    assert {r["noise"]["source"] for r in summary["pairs"]} == {"fit"}
+    # With a camera profile of the pairs' camera and ISO, the model is told the profile's noise.
+    profile = _profile(tmp_path / "cam.json")
+    res = CliRunner().invoke(app, [
+        "eval", "--pairs", str(tree / "pairs.csv"), "--model", str(tmp_path / "out"),
+        "--out", str(tmp_path / "ev2"), "--crops", "0", "--threads", "1", "--json",
+        "--profile", str(profile),
+    ])
+    rows = json.loads(res.stdout.strip().splitlines()[-1])["pairs"]
+    assert {r["noise"]["source"] for r in rows} == {"profile ISO 6400"}
+    assert rows[0]["noise"]["k_dn_per_electron"] == pytest.approx(2.0)
+
+
+def _profile(path: Path) -> Path:
+    from sidraw.calibrate import CameraProfile, IsoNoise, save_profile
+
+    noise = IsoNoise(k_dn_per_electron=2.0, read_dn=6.0, row_dn=0.0, black_offset_dn=0.0,
+                     dark_frames=2, flat_pairs=1)
+    save_profile(CameraProfile("Sony ILCE-7SM2", 512, 16383, {"6400": noise}), path)
+    return path
+
+
+def test_profile_noise_in_crops(tree: Path, tmp_path: Path) -> None:
+    from sidraw.calibrate import load_profile
+    from sidraw.noise_estimate import noise_vector
+
+    pairs = load_pairs(tree).pairs
+    cache = FrameCache(tmp_path / "cache")
+    fitted = PairSource(pairs, cache, 32).crop(0, 0, 0)[2]
+    profiled = PairSource(pairs, cache, 32, load_profile(_profile(tmp_path / "p.json")))
+    got = profiled.crop(0, 0, 0)[2]
+    from sidraw.noise_estimate import NoiseEstimate
+
+    want = noise_vector(NoiseEstimate(2.0 / 15871, 6.0 / 15871, 0), pairs[0].ratio)[0]
+    assert got == pytest.approx(want, rel=1e-4)
+    assert not np.allclose(got, fitted, rtol=1e-3)
 
 
 def test_synthetic_mix(tree: Path, tmp_path: Path) -> None:
@@ -143,9 +179,11 @@ def test_synthetic_mix(tree: Path, tmp_path: Path) -> None:
     (data / "clean" / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
     base = _schedule(4)
     base.data = str(data)
-    tune = PairTuneConfig(synthetic_mix=0.5, eval_every=2)
+    tune = PairTuneConfig(synthetic_mix=0.5, eval_every=2,
+                          profile=str(_profile(tmp_path / "cam.json")))
     trainer = fine_tune(load_pairs(tree).pairs, tmp_path / "mix", base, tune)
     x, y, n = next(trainer.batches(1))
     assert x.shape == y.shape == (4, 4, 32, 32) and n.shape == (4, 2)
+    assert len(trainer._profile_noise()) == 1 and trainer._profile_noise()[0].k == 2.0
     assert json.loads((tmp_path / "mix" / "sidraw-tuned.json").read_text())[
         "fine_tuning"]["synthetic_mix"] == 0.5

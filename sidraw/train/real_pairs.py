@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..calibrate import CameraProfile, complete_iso, load_profile, profile_estimate
+from ..calibrate import profile_noise_params as _profile_params
 from ..model import ModelCard, card_for
 from ..noise_estimate import NoiseEstimate, noise_vector
 from ..pairs import RawPair
@@ -173,11 +175,14 @@ class PairSource:
         pairs: the pairs.
         cache: where packed frames are kept.
         patch: packed crop edge.
+        profile: a camera profile (``sidraw calibrate``): where it applies to a pair's camera and
+            ISO, the noise input is the profile's instead of the short frame's fit.
     """
 
     pairs: list[RawPair]
     cache: FrameCache
     patch: int
+    profile: CameraProfile | None = None
     _frames: dict[Path, tuple[CachedFrame, NoiseEstimate]] = field(default_factory=dict)
 
     def _frame(self, path: Path) -> tuple[CachedFrame, NoiseEstimate]:
@@ -194,6 +199,9 @@ class PairSource:
         x *= np.float32(pair.ratio)
         np.clip(x, *INPUT_CLIP, out=x)
         y = np.clip(long.normalised(y0, x0, self.patch), 0.0, 1.0)
+        match = complete_iso(self.profile, pair.camera, pair.iso) if self.profile else None
+        if match is not None:
+            noise = profile_estimate(match[1], short.white - float(np.mean(short.levels)))
         return x, y, noise_vector(noise, pair.ratio)[0]
 
     def shape(self, index: int) -> tuple[int, int, int]:
@@ -248,6 +256,8 @@ class PairTuneConfig:
         eval_every: steps between held-out evaluations.
         patience: held-out evaluations without improvement before stopping.
         cache: folder of the packed frames (default ``<out>/cache``).
+        profile: camera profile JSON (``sidraw calibrate``): the noise input of real crops where
+            it applies, and the noise of the synthetic pairs (its complete ISOs, drawn in turn).
         pairs, held_out: the pairs (for the card).
     """
 
@@ -258,6 +268,7 @@ class PairTuneConfig:
     eval_every: int = 25
     patience: int = 4
     cache: str | None = None
+    profile: str | None = None
     pairs: list[dict[str, Any]] = field(default_factory=list)
     held_out: list[dict[str, Any]] = field(default_factory=list)
 
@@ -315,8 +326,11 @@ class PairTrainer(Trainer):
         super().__init__(cfg, out, resume=False)
         self.tune = tune
         cache = FrameCache(Path(tune.cache) if tune.cache else out / "cache")
-        self.train_source = PairSource(train, cache, cfg.patch)
-        self.held_source = PairSource(held_out, cache, cfg.patch) if held_out else None
+        self.profile = load_profile(tune.profile) if tune.profile else None
+        self.train_source = PairSource(train, cache, cfg.patch, self.profile)
+        self.held_source = (
+            PairSource(held_out, cache, cfg.patch, self.profile) if held_out else None
+        )
         if tune.few_shot:
             trainable = set(few_shot_parameters(self.model))
             for name, p in self.model.named_parameters():
@@ -341,7 +355,7 @@ class PairTrainer(Trainer):
 
     def _synthetic_sampler(self, seed: int):
         from . import data as data_mod
-        from .pairs import mosaic_size, training_pair
+        from .pairs import make_pair, mosaic_size, training_pair
 
         root = data_mod.data_root(self.cfg.data)
         train_e, _ = data_mod.split(data_mod.manifest(root))
@@ -349,10 +363,34 @@ class PairTrainer(Trainer):
         sampler = data_mod.PatchSampler(photos, seed=seed)
         size = mosaic_size(self.cfg.patch, self.cfg.cfa)
 
-        def make(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-            return training_pair(sampler.crop(size), self.cfg.cfa, self.cfg.patch, rng)
+        params = self._profile_noise()
+        if not params:
 
-        return make
+            def make(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+                return training_pair(sampler.crop(size), self.cfg.cfa, self.cfg.patch, rng)
+
+            return make
+
+        def make_profiled(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+            noise = params[int(rng.integers(len(params)))]
+            pair = make_pair(sampler.crop(size), self.cfg.cfa, rng, noise=noise)
+            sl = (slice(1, 1 + self.cfg.patch), slice(1, 1 + self.cfg.patch))
+            return (np.ascontiguousarray(pair.noisy[sl].transpose(2, 0, 1)),
+                    np.ascontiguousarray(pair.clean[sl].transpose(2, 0, 1)), pair.noise_vector())
+
+        return make_profiled
+
+    def _profile_noise(self) -> list[Any]:
+        """NoiseParams of the profile's complete ISOs (empty without a profile)."""
+        from .noise import NoiseParams
+
+        if self.profile is None:
+            return []
+        return [
+            NoiseParams(**_profile_params(self.profile, n))
+            for n in self.profile.isos.values()
+            if n.k_dn_per_electron is not None and n.read_dn is not None
+        ]
 
     def held_out_loss(self, model: torch.nn.Module, crops: tuple[torch.Tensor, ...]) -> float:
         """Mean L1 of ``model`` on fixed held-out crops (float32, no autocast)."""
@@ -455,6 +493,7 @@ def tuned_card(
         "pairs": tune.pairs,
         "held_out_pairs": tune.held_out,
         "synthetic_mix": tune.synthetic_mix,
+        "camera_profile": tune.profile,
         "steps": trainer.step,
         "seconds": round(trainer.elapsed, 1),
         "patch": cfg.patch,
