@@ -4,8 +4,9 @@
 planned (:mod:`sidraw.cli_plan`), then run here, with every outcome reported through
 :class:`sidraw.report.Reporter`, which every verb uses.
 
-Exit codes: 0 when every file succeeded (or was skipped because its output exists), 1 when some
-file failed, 2 on usage errors, 130 when interrupted (Ctrl-C, SIGTERM, SIGHUP).
+Exit codes: 0 when every file succeeded or was skipped (its output exists, another process is
+converting it or wrote it meanwhile), 1 when some file failed, 2 on usage errors, 130 when
+interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations

@@ -211,3 +211,18 @@ def test_ctrl_c_during_a_cluster_batch(
     again = run_cli(shoot, out, tiny_models, "--workers", "2")
     assert again.returncode == 1 and f"{12 - len(done)} converted" in again.stderr
     assert len(list(out.glob("*.tif"))) == 12
+
+
+def test_scheduler_address_runs_the_batch_there(
+    client, tmp_path: Path, shoot: Path, tiny_models: Path
+) -> None:
+    """``--scheduler`` on a running cluster (this module's, as a remote one would be)."""
+    out = tmp_path / "out"
+    before = client.run(model_loads)
+    res = run_cli(shoot, out, tiny_models, "--scheduler", client.scheduler.address)
+    assert res.returncode == 1, res.stderr
+    assert "6 converted, 0 skipped, 1 failed" in res.stderr
+    assert records(res.stdout)["f2_broken.dng"]["status"] == "failed"
+    assert len(pixels(out)) == 6 and leftovers(out) == []
+    after = client.run(model_loads)
+    assert all(after[w] - before.get(w, 0) <= 1 for w in after), (before, after)  # once a worker
