@@ -14,11 +14,15 @@ another host, or a frozen machine, lets it age), or when it is empty or unreadab
 than :data:`CLAIM_EMPTY_SECONDS` (a claimant killed between creating and writing it). Taking
 over is atomic: the stale lock is renamed to a unique name (only one process can move it), then
 a new claim is created exclusively; a process that loses either step skips the file.
+
+A pid that another process of the same host has reused since keeps a dead run's claim alive, but
+only until it ages: nobody refreshes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -32,6 +36,8 @@ from typing import Any
 from .output import TMP_PREFIX
 
 LOCK_SUFFIX = ".lock"
+#: Longest output name (bytes) used as is in its claim's name (file names hold 255 bytes).
+MAX_NAME_IN_LOCK = 200
 
 #: Seconds without a refresh after which a claim is stale, whatever host holds it.
 CLAIM_STALE_SECONDS = 600.0
@@ -42,9 +48,13 @@ CLAIM_EMPTY_SECONDS = 30.0
 
 
 def lock_path(dst: str | os.PathLike[str]) -> Path:
-    """The claim file of an output: ``.sidraw-NAME.lock`` in the output's folder."""
+    """The claim file of an output: ``.sidraw-NAME.lock`` in the output's folder (for a name
+    too long to take the prefix and suffix, its sha256 in hex instead of NAME)."""
     final = Path(dst)
-    return final.with_name(f"{TMP_PREFIX}{final.name}{LOCK_SUFFIX}")
+    name = final.name
+    if len(os.fsencode(name)) > MAX_NAME_IN_LOCK:
+        name = hashlib.sha256(os.fsencode(name)).hexdigest()
+    return final.with_name(f"{TMP_PREFIX}{name}{LOCK_SUFFIX}")
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,14 @@ def test_claim_is_exclusive_and_released(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_long_output_names_get_a_short_claim(tmp_path: Path) -> None:
+    dst = tmp_path / ("x" * 250 + ".tif")
+    assert len(claims.lock_path(dst).name) < 255
+    with claims.try_claim(dst) as claim:
+        assert claim is not None and claims.try_claim(dst) is None
+    assert leftovers(tmp_path) == []
+
+
 def test_stale_claims_are_taken_over(tmp_path: Path) -> None:
     dead = write_claim(tmp_path / "dead.tif", pid=dead_pid())
     old = write_claim(
@@ -277,3 +285,15 @@ def test_killed_run_is_taken_over(tmp_path: Path, shoot: Path, tiny_models: Path
     assert [p for p in leftovers(out) if p.suffix == ".lock"] == []
     good = sorted(p.stem for p in shoot.glob("*.dng") if "broken" not in p.name)
     assert sorted(p.stem for p in out.glob("*.tif")) == good
+
+
+def test_ctrl_c_leaves_no_claim(tmp_path: Path, shoot: Path, tiny_models: Path) -> None:
+    out = tmp_path / "out"
+    proc = start(shoot, out, tiny_models)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.tif")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert leftovers(out) == []  # neither a temporary file nor a claim
