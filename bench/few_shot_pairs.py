@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     tune_pairs = load_pairs(tune_root / "list.txt").pairs
     test_pairs = load_pairs(test_root / "list.txt")
     results: dict[str, dict] = {}
-    s = evaluate_pairs(test_pairs, threads=a.threads, crops=0, log=lambda m: None)
+    s = evaluate_pairs(test_pairs, threads=a.threads, crops=0, with_bm3d=True,
+                       log=lambda m: None)
     results["naive"] = {k: v["naive"] for k, v in s["buckets"].items()}
+    results["BM3D (fitted noise)"] = {k: v["bm3d"] for k, v in s["buckets"].items()}
     results["bundled"] = {k: v["model"] for k, v in s["buckets"].items()}
     for label, few in (("tuned, few-shot", True), ("tuned, all layers", False)):
         folder = out / ("few_shot" if few else "all_layers")

@@ -179,12 +179,15 @@ def eval_command(
         Path | None,
         typer.Option(help="With --pairs: camera profile (sidraw calibrate) for the noise input."),
     ] = None,
+    bm3d: Annotated[
+        bool, typer.Option("--bm3d", help="With --pairs: also score BM3D (slow: minutes a frame).")
+    ] = False,
 ) -> None:
     """Evaluate models against naive amplification and BM3D on held-out photos, or with --pairs
     on real short/long exposure pairs."""
     if pairs is not None:
         _eval_pairs(pairs, model or (models[0] if models else None), out, threads, crops,
-                    as_json, naive_only, profile)
+                    as_json, naive_only, profile, bm3d)
         return
     _require_train_extra(("onnx", "scipy", "PIL", "bm3d"))
     import json
@@ -218,10 +221,10 @@ def eval_command(
 
 def _eval_pairs(
     pairs: Path, model: Path | None, out: Path, threads: int, crops: int, as_json: bool,
-    naive_only: bool, profile: Path | None = None,
+    naive_only: bool, profile: Path | None = None, bm3d: bool = False,
 ) -> None:
     """``sidraw eval --pairs``: the table per ratio bucket (or JSON); exit 1 if a pair failed."""
-    _require_train_extra(("scipy", "PIL"))
+    _require_train_extra(("scipy", "PIL", "bm3d") if bm3d else ("scipy", "PIL"))
     import json
 
     from .calibrate import load_profile
@@ -242,7 +245,7 @@ def _eval_pairs(
             raise typer.Exit(1)
         summary = evaluate_pairs(
             found, model=model, use_model=not naive_only, device="cpu", threads=threads,
-            crops=crops, out=out, profile=camera, log=log,
+            crops=crops, out=out, profile=camera, with_bm3d=bm3d, log=log,
         )
     except SidrawError as exc:
         log(f"error: {exc}")

@@ -15,7 +15,8 @@ Each is scored against the long exposure:
   (:func:`sidraw.render.render`, LibRaw with the long file's metadata), the long file's own render
   being the reference.
 
-Only one pair is in memory at a time: a full SID frame (4240 x 2832) needs about 1 GB. Results are
+Only one pair is in memory at a time: a full SID frame (4240 x 2832) peaks at 1.6 GB (measured,
+naive and the bundled model, one thread). Results are
 grouped by ratio bucket (x100 / x250 / x300 as SID; other ratios get a bucket of their own).
 """
 
@@ -35,7 +36,7 @@ import numpy as np
 from .calibrate import CameraProfile, complete_iso, profile_estimate
 from .errors import SidrawError
 from .model import Device, ModelCache, Network
-from .mosaic import Layout, normalise_packed, pack
+from .mosaic import Layout, denormalise_packed, normalise_packed, pack, unpack
 from .noise_estimate import NoiseEstimate
 from .pairs import PairSet, RawPair
 from .pipeline import ConvertOptions, denoise, estimate_file_noise, noise_report
@@ -48,7 +49,30 @@ SID_BUCKETS = (100.0, 250.0, 300.0)
 BUCKET_TOLERANCE = 0.1
 #: Edge (photosites of the render) of the before/after crops.
 CROP_EDGE = 384
-METHODS = ("naive", "model")
+METHODS = ("naive", "model", "bm3d")
+
+
+def bm3d_packed(raw: RawFile, ratio: float, estimate: NoiseEstimate) -> np.ndarray:
+    """BM3D of a short frame given its noise, per packed channel: generalised Anscombe transform
+    with the fitted gain and read noise, BM3D at sigma 1, closed-form unbiased inverse
+    (as :func:`sidraw.train.evaluate.bm3d_gat`, which is given the true noise instead).
+
+    Returns:
+        (h, w, C) float32 amplified estimate, 0..1.
+    """
+    import bm3d
+
+    from .train.evaluate import _gat_inverse
+
+    x = normalise_packed(pack(raw.mosaic, raw.info.layout), raw.info.layout, raw.info.black,
+                         raw.info.white)
+    gain = max(estimate.gain, 1e-9)  # normalised variance per unit of signal
+    sigma = estimate.read / gain  # read noise in "electrons" of this gain
+    out = np.empty(x.shape, np.float32)
+    for c in range(x.shape[2]):
+        f = 2.0 * np.sqrt(np.maximum(x[..., c] / gain + 3 / 8 + sigma**2, 0.0))
+        out[..., c] = _gat_inverse(bm3d.bm3d(f, 1.0), sigma) * gain * ratio
+    return np.clip(out, 0.0, 1.0)
 
 
 def bucket_of(ratio: float) -> str:
@@ -125,7 +149,8 @@ def model_noise(
 
 
 def _brighten_short(
-    pair: RawPair, network: Network | None, tile: int | None, profile: CameraProfile | None
+    pair: RawPair, network: Network | None, tile: int | None, profile: CameraProfile | None,
+    with_bm3d: bool = False,
 ) -> _ShortResult:
     """Naive and model mosaics of a pair's short frame (closed on return)."""
     opts = ConvertOptions(ratio=pair.ratio, **({"tile": tile} if tile else {}))
@@ -145,6 +170,14 @@ def _brighten_short(
             seconds = time.perf_counter() - t0
             mosaics["model"] = clean
             packed["model"] = packed_normalised(raw, clean)
+        if with_bm3d:
+            estimate = model_noise(raw, pair, profile)[0]
+            packed["bm3d"] = bm3d_packed(raw, pair.ratio, estimate)
+            info = raw.info
+            mosaics["bm3d"] = unpack(
+                denormalise_packed(packed["bm3d"], info.layout, info.black, info.white),
+                info.layout, raw.mosaic.shape,
+            )
     return _ShortResult(mosaics, packed, noise, seconds)
 
 
@@ -175,8 +208,9 @@ def score_pair(
     crop_path: Path | None = None,
     tile: int | None = None,
     profile: CameraProfile | None = None,
+    with_bm3d: bool = False,
 ) -> dict[str, Any]:
-    """Scores of naive amplification and the model on one pair.
+    """Scores of naive amplification, the model and (``with_bm3d``, slow) BM3D on one pair.
 
     Args:
         pair: the pair.
@@ -185,12 +219,13 @@ def score_pair(
         tile: tile edge in packed pixels (default: convert's).
         profile: a camera profile whose noise a noise-conditioned model is told, where it
             applies (else the frame's fit).
+        with_bm3d: also BM3D given the same noise (:func:`bm3d_packed`; minutes per 12 MP).
 
     Returns:
         ``{"pair": ..., "bucket": ..., "naive": {raw_psnr, srgb_psnr, srgb_ssim}, "model":
         {...}, "noise": ..., "model_seconds": ...}``.
     """
-    short = _brighten_short(pair, network, tile, profile)
+    short = _brighten_short(pair, network, tile, profile, with_bm3d)
     row: dict[str, Any] = {"pair": pair.to_dict(), "bucket": bucket_of(pair.ratio)}
     crops: list[np.ndarray] = []
     with open_raw(pair.long) as long:
@@ -239,6 +274,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not group:
             continue
         entry: dict[str, Any] = {"pairs": len(group), "naive": _mean(group, "naive")}
+        if "bm3d" in group[0]:
+            entry["bm3d"] = _mean(group, "bm3d")
         if "model" in group[0]:
             entry["model"] = _mean(group, "model")
             d = [r["model"]["srgb_psnr"] - r["naive"]["srgb_psnr"] for r in group]
@@ -259,6 +296,7 @@ def evaluate_pairs(
     out: Path | None = None,
     tile: int | None = None,
     profile: CameraProfile | None = None,
+    with_bm3d: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Score the model (bundled or ``model``) and naive amplification on every usable pair.
@@ -271,6 +309,7 @@ def evaluate_pairs(
         out: folder for ``pairs_eval.json``, ``pairs_eval.md`` and the crops (None: nothing
             written).
         profile: camera profile for noise-conditioned models (see :func:`model_noise`).
+        with_bm3d: also score BM3D (slow).
 
     Returns:
         ``{"source", "model", "pairs": [per pair], "buckets": {...}, "refused": [lines]}``.
@@ -284,7 +323,8 @@ def evaluate_pairs(
         name = network.card.name if network is not None else None
         crop = out / "crops" / f"{i:03d}_{pair.short.stem}.jpg" if out and i < crops else None
         try:
-            rows.append(score_pair(pair, network, crop_path=crop, tile=tile, profile=profile))
+            rows.append(score_pair(pair, network, crop_path=crop, tile=tile, profile=profile,
+                                   with_bm3d=with_bm3d))
         except SidrawError as exc:
             failed.append(str(exc))
             log(f"✗ {exc}")
@@ -315,10 +355,11 @@ def _kind(cfa: str) -> str:
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The per-bucket table: pairs, naive and model raw PSNR / sRGB PSNR / SSIM, model - naive."""
+    bm3d = any("bm3d" in e for e in summary["buckets"].values())
     lines = [
         "| ratio | pairs | naive raw / sRGB / SSIM | model raw / sRGB / SSIM | model - naive "
-        "(sRGB dB) | pairs below naive |",
-        "|---|---|---|---|---|---|",
+        "(sRGB dB) | pairs below naive |" + (" BM3D raw / sRGB / SSIM |" if bm3d else ""),
+        "|---|---|---|---|---|---|" + ("---|" if bm3d else ""),
     ]
 
     def trio(m: dict[str, float]) -> str:
@@ -331,5 +372,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
             cells += [trio(e["model"]), gain, str(e["below_naive"])]
         else:
             cells += ["", "", ""]
+        if bm3d:
+            cells.append(trio(e["bm3d"]) if "bm3d" in e else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -93,3 +93,12 @@ def test_memory_one_pair_at_a_time(tree: Path) -> None:
     # evaluate_pairs keeps only per-pair numbers: the summary holds no arrays.
     summary = evaluate_pairs(load_pairs(tree / "list.txt"), use_model=False, crops=0, log=str)
     assert json.dumps(summary)
+
+
+def test_bm3d_with_the_fitted_noise(tree: Path) -> None:
+    pytest.importorskip("bm3d")
+    pytest.importorskip("torch")  # sidraw.train.evaluate, whose inverse transform it shares
+    pair = load_pairs(tree).pairs[2]  # x300
+    row = score_pair(pair, None, with_bm3d=True)
+    assert row["bm3d"]["raw_psnr"] > row["naive"]["raw_psnr"] + 3
+    assert row["bm3d"]["srgb_ssim"] > row["naive"]["srgb_ssim"]
