@@ -187,3 +187,20 @@ def test_synthetic_mix(tree: Path, tmp_path: Path) -> None:
     assert len(trainer._profile_noise()) == 1 and trainer._profile_noise()[0].k == 2.0
     assert json.loads((tmp_path / "mix" / "sidraw-tuned.json").read_text())[
         "fine_tuning"]["synthetic_mix"] == 0.5
+
+
+def test_xtrans_pairs(tmp_path: Path) -> None:
+    from pair_tree import scene_mosaic, write_raw
+
+    clean = scene_mosaic(0, 216, 216, "xtrans")
+    long, short = tmp_path / "long" / "1_00_10s.dng", tmp_path / "short" / "1_00_0.04s.dng"
+    write_raw(long, clean, 1.0, 1, pattern="xtrans", model="X-T2")
+    write_raw(short, clean, 250.0, 2, pattern="xtrans", model="X-T2")
+    pairs = load_pairs(tmp_path).pairs
+    assert len(pairs) == 1 and len(pairs[0].cfa) == 36 and pairs[0].ratio == pytest.approx(250)
+    source = PairSource(pairs, FrameCache(tmp_path / "cache"), 32)
+    x, y, _ = source.random_crop(np.random.default_rng(0))
+    assert x.shape == y.shape == (9, 32, 32)
+    trainer = fine_tune(pairs, tmp_path / "out", _schedule(2), PairTuneConfig(eval_every=1))
+    assert trainer.cfg.cfa == "xtrans"
+    assert load_card(tmp_path / "out" / "sidraw-tuned.json").cfa == "xtrans"
