@@ -74,10 +74,14 @@ def test_other_camera_and_shorter_long_refused(tmp_path: Path) -> None:
     write_raw(a, clean, 100.0, 1)
     write_raw(b, clean, 1.0, 2, model="ILCE-7M3")
     write_raw(c, clean, 300.0, 3)
-    (tmp_path / "p.csv").write_text(f"short,long\n{a.name},{b.name}\n{a.name},{c.name}\n")
+    d = tmp_path / "d_00_10s.dng"
+    write_raw(d, scene_mosaic(0, 64, 64, "GRBG"), 1.0, 4, pattern="GRBG")
+    rows = f"{a.name},{b.name}\n{a.name},{c.name}\n{a.name},{d.name}\n"
+    (tmp_path / "p.csv").write_text("short,long\n" + rows)
     refused = [str(e) for e in load_pairs(tmp_path / "p.csv").refused]
     assert "camera Sony ILCE-7SM2 differs" in refused[0]
     assert "shorter" in refused[1]
+    assert "CFA RGGB differs from d_00_10s.dng's GRBG" in refused[2]
 
 
 def test_bad_lists(tmp_path: Path) -> None:
