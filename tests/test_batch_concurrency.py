@@ -173,6 +173,28 @@ def test_run_jobs_skips_what_another_process_holds_or_wrote(tmp_path: Path) -> N
     assert leftovers(tmp_path) == []
 
 
+def test_overwrite_keeps_what_another_run_of_the_batch_wrote(tmp_path: Path) -> None:
+    jobs = [Job(tmp_path / f"{k}.dng", tmp_path / f"{k}.tif") for k in range(3)]
+    old = time.time() - 3600
+    for job in jobs:
+        job.dst.write_bytes(b"last week's")
+        os.utime(job.dst, (old, old))
+
+    def convert(job: Job) -> str:
+        if job is jobs[0]:  # meanwhile another run with --overwrite rewrites the next output
+            jobs[1].dst.write_bytes(b"theirs, just now")
+        write_atomic(job.dst, b"ours", overwrite=True)
+        return "done"
+
+    outcomes = run_jobs(jobs, convert, overwrite=True)
+    assert [(o.status, o.reason) for o in outcomes] == [
+        ("ok", None),
+        ("skipped", SKIP_APPEARED),
+        ("ok", None),
+    ]
+    assert [j.dst.read_bytes() for j in jobs] == [b"ours", b"theirs, just now", b"ours"]
+
+
 def test_run_jobs_pipelined_releases_every_claim(tmp_path: Path) -> None:
     jobs = [Job(tmp_path / f"{k}.dng", tmp_path / f"{k}.tif") for k in range(4)]
     seen_locks = []
