@@ -84,3 +84,15 @@ def test_split_is_fixed_and_disjoint() -> None:
     assert not set(train) & set(val)
     assert len(train) + len(val) == len(entries)
     assert data_mod.split(entries) == (train, val)
+
+
+def test_dead_leaves_hold_large_flat_saturated_areas() -> None:
+    rng = np.random.default_rng(4)
+    img = data_mod.dead_leaves(128, rng)
+    assert img.shape == (128, 128, 3) and img.dtype == np.float32
+    assert 0 <= img.min() and img.max() <= 1
+    # Flat: most neighbouring pixels are (nearly) equal; coloured: chroma far from grey.
+    assert np.mean(np.abs(np.diff(img, axis=1)).max(axis=2) < 0.01) > 0.8
+    saturation = img.max(axis=2) - img.min(axis=2)
+    assert np.mean(saturation > 0.5) > 0.1
+    assert not np.array_equal(img, data_mod.dead_leaves(128, rng))

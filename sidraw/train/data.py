@@ -155,3 +155,41 @@ class PatchSampler:
         if self.rng.random() < 0.5:
             c = c.transpose(1, 0, 2)
         return c.astype(np.float32) * np.float32(1 / 255)
+
+
+#: Share of training crops replaced by a dead-leaves image (see :func:`dead_leaves`).
+DEAD_LEAVES_PROBABILITY = 0.2
+
+
+def dead_leaves(size: int, rng: np.random.Generator, discs: int = 120) -> np.ndarray:
+    """A dead-leaves image: overlapping flat discs of random, often saturated, colours.
+
+    Photos rarely hold large flat areas of saturated colour, so a network trained on them alone
+    pulls such areas towards grey; these images (Lee et al. 2001, used for denoiser training by
+    Achddou et al. 2021) hold nothing else. Radii follow a power law (scale invariance), colours
+    are uniform in sRGB with a third of them pushed to full saturation, and a gentle shading
+    gradient keeps them from being perfectly flat.
+
+    Returns:
+        (size, size, 3) float32 sRGB 0..1.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = rng.uniform(0, 1, 3)
+    radii = np.sort(size * 0.02 * (1 - rng.uniform(0, 0.995, discs)) ** -0.8)[::-1]
+    for r in np.minimum(radii, size):
+        cy, cx = rng.uniform(-0.1, 1.1, 2) * size
+        colour = rng.uniform(0, 1, 3)
+        if rng.random() < 1 / 3:
+            colour[rng.integers(3)] *= 0.1  # saturated: one primary almost absent
+        # Only the disc's bounding box is tested.
+        y0, y1 = max(0, int(cy - r)), min(size, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(size, int(cx + r) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        box = (slice(y0, y1), slice(x0, x1))
+        mask = (yy[box] - cy) ** 2 + (xx[box] - cx) ** 2 < r * r
+        img[box][mask] = colour
+    gy, gx = rng.uniform(-0.15, 0.15, 2)
+    shade = 1 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5)
+    return np.clip(img * shade[..., None], 0.0, 1.0)

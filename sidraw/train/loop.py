@@ -149,11 +149,21 @@ class PairStream(torch.utils.data.IterableDataset):
         size = mosaic_size(self.cfg.patch, self.cfg.cfa)
         while True:
             pairs = [
-                training_pair(sampler.crop(size), self.cfg.cfa, self.cfg.patch, rng)
+                training_pair(self._crop(sampler, size, rng), self.cfg.cfa, self.cfg.patch, rng)
                 for _ in range(self.cfg.batch)
             ]
             xs, ys, ns = zip(*pairs, strict=True)
             yield np.stack(xs), np.stack(ys), np.stack(ns)
+
+
+    @staticmethod
+    def _crop(
+        sampler: data_mod.PatchSampler, size: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """A photo crop, or with DEAD_LEAVES_PROBABILITY a dead-leaves image of flat colours."""
+        if rng.random() < data_mod.DEAD_LEAVES_PROBABILITY:
+            return data_mod.dead_leaves(size, rng)
+        return sampler.crop(size)
 
 
 def batches(
