@@ -192,4 +192,4 @@ def dead_leaves(size: int, rng: np.random.Generator, discs: int = 120) -> np.nda
         img[box][mask] = colour
     gy, gx = rng.uniform(-0.15, 0.15, 2)
     shade = 1 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5)
-    return np.clip(img * shade[..., None], 0.0, 1.0)
+    return np.clip(img * shade[..., None], 0.0, 1.0).astype(np.float32)
