@@ -319,10 +319,10 @@ def evaluate_pairs(
     failed: list[str] = [str(e) for e in pairs.refused]
     name = None
     for i, pair in enumerate(pairs.pairs):
-        network = cache.get(_kind(pair.cfa)) if cache is not None else None
-        name = network.card.name if network is not None else None
         crop = out / "crops" / f"{i:03d}_{pair.short.stem}.jpg" if out and i < crops else None
         try:
+            network = cache.get(_kind(pair.cfa)) if cache is not None else None
+            name = network.card.name if network is not None else name
             rows.append(score_pair(pair, network, crop_path=crop, tile=tile, profile=profile,
                                    with_bm3d=with_bm3d))
         except SidrawError as exc:

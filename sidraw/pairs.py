@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, SidrawError
-from .raw import RAW_EXTENSIONS, _check_input_path, _open_libraw, _read_bytes, read_exif
+from .raw import (
+    RAW_EXTENSIONS,
+    _check_bytes,
+    _check_input_path,
+    _check_sizes,
+    _open_libraw,
+    _read_bytes,
+    read_exif,
+)
 
 #: SID caps the ratio of its pairs at 300.
 MAX_PAIR_RATIO = 300.0
@@ -91,6 +99,8 @@ def read_meta(path: str | os.PathLike[str]) -> FileMeta:
     data = _read_bytes(p)
     raw = _open_libraw(data, str(p))
     try:
+        _check_sizes(raw, str(p))
+        _check_bytes(raw, len(data), str(p))  # a file truncated far below its photosites
         sizes = raw.sizes
         desc = raw.color_desc.decode("ascii", errors="replace")
         try:

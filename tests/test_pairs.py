@@ -111,3 +111,13 @@ def test_real_raws_metadata_path(shared_raw: Path) -> None:
     assert [p.ratio for p in result.pairs] == [pytest.approx(1.0)]
     assert "camera Canon EOS D30 differs" in str(result.refused[0])
 
+
+
+def test_truncated_real_raws_are_refused(shared_raw: Path) -> None:
+    broken = sorted((shared_raw / "broken").glob("*"))
+    if not broken:
+        pytest.skip("no broken files in ../shared/data/raw/broken")
+    result = load_pairs(shared_raw, names=[(b, b) for b in broken])
+    assert len(result.refused) >= 1
+    for err in result.refused:
+        assert "\n" not in str(err) and str(err).startswith(str(shared_raw / "broken"))
