@@ -90,7 +90,7 @@ def test_dead_leaves_hold_large_flat_saturated_areas() -> None:
     rng = np.random.default_rng(4)
     img = data_mod.dead_leaves(128, rng)
     assert img.shape == (128, 128, 3) and img.dtype == np.float32
-    assert 0 <= img.min() and img.max() <= 1
+    assert img.min() >= 0 and img.max() <= 1
     # Flat: most neighbouring pixels are (nearly) equal; coloured: chroma far from grey.
     assert np.mean(np.abs(np.diff(img, axis=1)).max(axis=2) < 0.01) > 0.8
     saturation = img.max(axis=2) - img.min(axis=2)

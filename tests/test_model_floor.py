@@ -1,0 +1,101 @@
+"""The floor every bundled model must hold (issue 13): a clean frame at ratio 1 comes back
+unchanged, and flat colours keep their colour. Small synthetic frames, so CI stays fast.
+
+``SIDRAW_FLOOR_MODEL`` (a model card, ONNX file or folder) checks another model the same way.
+
+The bundled version-1 weights are known to fail both (issue 13: 29.7 dB at ratio 1, colours
+shifted by up to 11 % of the signal): they are marked as expected failures by their sha256, so
+any other weights (new bundled ones, or ``SIDRAW_FLOOR_MODEL``) are checked for real.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from sidraw.model import Network, card_for
+from sidraw.tiling import run_tiled
+from sidraw.train.noise import a7s2_params
+from sidraw.train.pairs import Pair, make_pair
+
+CFAS = ("bayer", "xtrans")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two arrays in 0..1."""
+    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
+
+
+#: sha256 of bundled ONNX files known to fail the floor.
+BELOW_FLOOR = {
+    "a8b7cd341ba4ab3d",  # sidraw-bayer 1
+    "13d20a4fa15f94da",  # sidraw-xtrans 1
+}
+
+
+def _network(cfa: str) -> Network:
+    card = card_for(cfa, os.environ.get("SIDRAW_FLOOR_MODEL"))
+    if card.sha256[:16] in BELOW_FLOOR:
+        pytest.xfail(f"{card.name} version {card.raw.get('version')} is known to fail the floor")
+    return Network(card, "cpu", threads=1)
+
+
+def _denoise(net: Network, pair: Pair) -> np.ndarray:
+    """The convert-time tiled inference on a pair's input, with its fitted noise."""
+    vec = pair.noise_vector()[None]
+    out = run_tiled(
+        pair.noisy, lambda b: net(b, noise=vec), overlap=net.card.overlap,
+        multiple=net.card.downsample,
+    )
+    return np.clip(out, 0.0, 1.0)
+
+
+def _textured_scene(h: int, w: int) -> np.ndarray:
+    """(h, w, 3) sRGB 0..1: gradients, sharp edges, fine stripes and a grain texture."""
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([0.2 + 0.6 * x / w, 0.3 + 0.4 * y / h, 0.5 + 0.3 * np.sin(x / 9)], axis=2)
+    img[(x // 24 + y // 24) % 2 == 0] *= 0.6
+    img[: h // 3] += 0.15 * np.sin(x[: h // 3] * 1.3)[..., None]  # stripes near Nyquist
+    grain = rng.standard_normal((h // 2, w // 2)).repeat(2, 0).repeat(2, 1)[:h, :w]
+    img[h // 2 :] += 0.08 * grain[h // 2 :, :, None]
+    return np.clip(img, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("cfa", CFAS)
+def test_a_clean_frame_at_ratio_one_comes_back_unchanged(cfa: str) -> None:
+    net = _network(cfa)
+    rng = np.random.default_rng(1)
+    scene = _textured_scene(288, 432)
+    pair = make_pair(scene, cfa, rng, ratio=1.0, noise=a7s2_params(0.0939), exposure=1.0)
+    out = _denoise(net, pair)
+    # Doing nothing scores far above 40 dB here, a blur well below it.
+    assert psnr(np.clip(pair.noisy, 0, 1), pair.clean) > 45
+    assert psnr(out, pair.clean) >= 40.0
+
+
+@pytest.mark.parametrize("cfa", CFAS)
+def test_flat_colours_keep_their_colour(cfa: str) -> None:
+    net = _network(cfa)
+    rng = np.random.default_rng(2)
+    h, w = 288, 432
+    scene = np.empty((h, w, 3), np.float32)
+    colours = [(0.8, 0.1, 0.1), (0.1, 0.7, 0.1), (0.1, 0.2, 0.8), (0.5, 0.5, 0.5), (0.9, 0.8, 0.2)]
+    for i, c in enumerate(colours):
+        scene[:, i * w // 5 : (i + 1) * w // 5] = c
+    pair = make_pair(scene, cfa, rng, ratio=100.0, noise=a7s2_params(0.75), exposure=1.0)
+    out = _denoise(net, pair)
+    pw = out.shape[1] // 5
+    for i in range(5):
+        # Patch interiors, away from the colour edges and the frame border.
+        sl = (slice(16, -16), slice(i * pw + 12, (i + 1) * pw - 12))
+        clean = pair.clean[sl].reshape(-1, pair.clean.shape[2]).mean(axis=0)
+        got = out[sl].reshape(-1, out.shape[2]).mean(axis=0)
+        # Relative to the patch's signal (the mean of its channels): a dim channel lifted by a
+        # third of its own value, as desaturation does, is several per cent of that.
+        bias = np.abs(got - clean) / clean.mean()
+        assert np.all(bias < 0.01), (colours[i], bias)
