@@ -439,3 +439,20 @@ def profile_noise_params(profile: CameraProfile, noise: IsoNoise) -> dict[str, A
         "black": round(profile.black),
         "white": round(profile.white),
     }
+
+
+def file_profile_noise(
+    info: RawInfo, white_range: float, folder: Path | None = None
+) -> tuple[NoiseEstimate, str] | None:
+    """The noise a camera profile gives a file (normalised units) and a note naming the profile,
+    or None when no complete profile ISO applies. ``convert`` prefers it to the frame's own fit:
+    the photographer measured it on this very sensor."""
+    camera = _camera(info)
+    profile = find_profile(camera, folder)
+    if profile is None:
+        return None
+    match = complete_iso(profile, camera, info.exif.iso)
+    if match is None:
+        return None
+    key, noise = match
+    return profile_estimate(noise, white_range), f"camera profile of {camera}, ISO {key}"

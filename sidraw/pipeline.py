@@ -19,6 +19,7 @@ import numpy as np
 import rawpy
 
 from . import __version__, metadata
+from .calibrate import file_profile_noise
 from .calibration import CheckedNoise, calibration_for, check_estimate
 from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
@@ -283,8 +284,12 @@ def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
 
 
 def estimate_file_noise(raw: RawFile) -> CheckedNoise:
-    """The noise of an open raw file: its own fit, checked against the camera's published
+    """The noise of an open raw file: from the photographer's camera profile where one applies
+    (``sidraw calibrate``), else the frame's own fit, checked against the camera's published
     calibration where sidraw has one (:mod:`sidraw.calibration`)."""
+    profile = file_profile_noise(raw.info, _white_range(raw))
+    if profile is not None:
+        return CheckedNoise(*profile)
     fitted = fit_file_noise(raw)
     calibration = calibration_for(raw.info.exif.model)
     if calibration is None:

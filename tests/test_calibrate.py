@@ -131,3 +131,24 @@ def _flag(paths: list[Path]) -> list[str]:
     for p in paths:
         out[len(out):] = [str(p)] if not out else ["--flat", str(p)]
     return out
+
+
+def test_convert_prefers_the_camera_profile(
+    frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of a profiled camera at a measured ISO gets the profile's noise, not its own fit."""
+    from sidraw.pipeline import estimate_file_noise
+    from sidraw.raw import open_raw
+
+    darks, flats = frames
+    monkeypatch.setenv("SIDRAW_PROFILES", str(tmp_path / "profiles"))
+    res = CliRunner().invoke(app, ["calibrate", *[a for d in darks for a in ("--dark", str(d))],
+                                   "--flat", *_flag(flats)])
+    assert res.exit_code == 0, res.output
+    with open_raw(darks[0].parent / "flat_800_0.dng") as raw:
+        noise = estimate_file_noise(raw)
+    assert noise.note.startswith("camera profile of") and "ISO 800" in noise.note
+    assert noise.estimate.in_dn(WHITE - BLACK)[0] == pytest.approx(2.0, rel=0.03)
+    monkeypatch.setenv("SIDRAW_PROFILES", str(tmp_path / "none"))
+    with open_raw(darks[0].parent / "flat_800_0.dng") as raw:
+        assert not estimate_file_noise(raw).note.startswith("camera profile")
