@@ -37,6 +37,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a Bayer random-weight U-Net small enough to build in a blink (default
+    overlap, not measured) and no X-Trans model, so X-Trans files fail at model time."""
+    folder = tmp_path_factory.mktemp("tiny-models")
+    write_model(folder, "bayer", width=4)
+    return folder
+
+
 @pytest.fixture
 def make_dng(tmp_path: Path):
     """Write a synthetic dark DNG: ``make_dng(name, pattern="RGGB", width=900, ...)``."""

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from unet_onnx import write_model
 
 pytest.importorskip("distributed")
 
@@ -32,13 +31,6 @@ from sidraw.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 480, 320
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_model(folder, "bayer", width=4)
-    return folder
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from unet_onnx import write_model
 
 from sidraw import claims
 from sidraw.batch import SKIP_APPEARED, SKIP_ELSEWHERE, Job, run_jobs
@@ -30,13 +29,6 @@ from sidraw.sample import write_sample
 REPO = Path(__file__).resolve().parents[1]
 W, H = 480, 320
 SLOW = (1200, 800)  # the first files are larger, so that processes meet on them
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_model(folder, "bayer", width=4)
-    return folder
 
 
 def dead_pid() -> int:

@@ -10,18 +10,10 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
-from unet_onnx import write_model
 
 from sidraw.batch import InputFile, plan_jobs
 from sidraw.cli import app
 from sidraw.sample import write_sample
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_model(folder, "bayer", width=4)
-    return folder
 
 
 def dng(path: Path, seed: int = 0) -> Path:

@@ -15,19 +15,11 @@ from pathlib import Path
 import pytest
 import tifffile
 from typer.testing import CliRunner
-from unet_onnx import write_model
 
 import sidraw
 from sidraw import output
 from sidraw.cli import app
 from sidraw.sample import write_sample
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_model(folder, "bayer", width=4)
-    return folder
 
 
 @pytest.fixture

@@ -12,20 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-from unet_onnx import write_model
 
 import sidraw
 from sidraw import output
 from sidraw.cli import app
 from sidraw.model import ModelCache
 from sidraw.sample import write_sample
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-models")
-    write_model(folder, "bayer", width=4)  # no X-Trans model: X-Trans files fail at model time
-    return folder
 
 
 def failing_inputs(folder: Path) -> list[Path]:
