@@ -8,33 +8,14 @@ from typing import Any
 import numpy as np
 
 from .calibrate import profile_for
-from .calibration import CheckedNoise, calibration_for, check_estimate
 from .exposure import AUTO_TARGET_MEAN, DEFAULT_MAX_RATIO, choose_ratio
 from .mosaic import normalise_packed, pack
-from .noise_estimate import NoiseEstimate, estimate_noise
+from .pipeline import estimate_file_noise, noise_report
 from .raw import open_raw
 
 
 def _phase(pattern: str) -> str:
     return pattern if len(pattern) == 4 else f"X-Trans {pattern[:6]}/{pattern[6:12]}/…"
-
-
-def _noise(
-    estimate: NoiseEstimate, white_range: float, checked: CheckedNoise | None
-) -> dict[str, Any]:
-    """The frame's noise in DN, as the noise-conditioned models are told it: the fit, and for a
-    calibrated camera the check against its calibration."""
-    used = checked.estimate if checked else estimate
-    k, read = used.in_dn(white_range)
-    report: dict[str, Any] = {
-        "k_dn_per_electron": round(k, 4),
-        "read_dn": round(read, 3),
-        "blocks": estimate.blocks,
-        "method": "Poisson-Gaussian fit of 2x2 diagonal details in flat patches",
-    }
-    if checked:
-        report["calibration"] = checked.note
-    return report
 
 
 def describe_file(
@@ -55,10 +36,13 @@ def describe_file(
         )
         decision = choose_ratio(packed, exposure_time=info.exif.exposure_time, max_ratio=max_ratio)
         clipped = float(np.mean(packed >= 0.999))
-        noise = estimate_noise(packed)
-        calibration = calibration_for(info.exif.model)
-        white_range = float(info.white) - float(np.mean(info.black))
-        checked = check_estimate(noise, calibration, white_range) if calibration else None
+        # The noise exactly as convert tells a noise-conditioned model.
+        checked = estimate_file_noise(raw)
+        noise = {
+            **noise_report(checked, raw),
+            "blocks": checked.estimate.blocks,
+            "method": "Poisson-Gaussian fit of 2x2 diagonal details in flat patches",
+        }
     exif = info.exif
     black = sorted({float(v) for v in info.black.ravel()})
     return {
@@ -84,7 +68,7 @@ def describe_file(
         },
         "white_balance": {"multipliers": [round(v, 4) for v in info.wb_multipliers]},
         "clipped_fraction": round(clipped, 6),
-        "noise": _noise(noise, white_range, checked),
+        "noise": noise,
         "profile": profile_for(info),
         "auto_ratio": {
             "ratio": round(decision.ratio, 2),
