@@ -306,12 +306,13 @@ def fit_file_noise(raw: RawFile) -> NoiseEstimate:
     evenly spread bands of packed rows (all of them for frames up to NOISE_SAMPLE values)."""
     layout = raw.info.layout
     h, w, channels = layout.packed_shape(raw.mosaic.shape)
-    bands = max(1, min(h // NOISE_BAND, NOISE_SAMPLE // max(1, NOISE_BAND * w * channels)))
-    starts = np.linspace(0, max(0, h - NOISE_BAND), bands).astype(int)
-    rows = np.unique(np.concatenate([np.arange(s, min(h, s + NOISE_BAND)) for s in starts]))
-    if rows.size == h:
-        sample = _normalise_at(pack_rows(raw.mosaic, layout, rows), raw, rows, np.arange(w))
-        return estimate_noise(sample)
+    if h * w * channels <= NOISE_SAMPLE or h < 2 * NOISE_BAND:
+        rows = np.arange(h)
+        whole = _normalise_at(pack_rows(raw.mosaic, layout, rows), raw, rows, np.arange(w))
+        return estimate_noise(whole)
+    # Fewer bands than fit in the frame, so they never overlap.
+    bands = max(1, NOISE_SAMPLE // (NOISE_BAND * w * channels))
+    starts = np.linspace(0, h - NOISE_BAND, bands).astype(int)
     # Bands are fitted side by side, cut to whole patches so that none straddles two bands.
     cols = np.arange(w // PATCH_EDGE * PATCH_EDGE or w)
     parts = [
