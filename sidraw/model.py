@@ -58,6 +58,8 @@ class ModelCard:
         noise_input: name of the second ONNX input, the (N, 2) noise vector ``[a, b]`` of
             :func:`sidraw.noise_estimate.noise_vector`, for noise-conditioned models; None for
             models that see the image alone.
+        mean_block: block edge (packed pixels) of the low-frequency mean correction applied
+            to the output (:mod:`sidraw.mean_correction`); 0 for none.
         raw: the whole card as loaded.
     """
 
@@ -72,6 +74,7 @@ class ModelCard:
     input_clip: tuple[float, float] = (-1.0, 1.0)
     overlap: int = 64
     noise_input: str | None = None
+    mean_block: int = 0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -108,6 +111,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             input_clip=(clip[0], clip[1]),
             overlap=int(data.get("overlap", 64)),
             noise_input=str(data["noise_input"]) if data.get("noise_input") else None,
+            mean_block=int(data.get("mean_correction", {}).get("block", 0)),
             variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
             raw=data,
         )
@@ -119,6 +123,8 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
         raise ModelError(f"model card channel order {channels} is not sidraw's {cfa} order", path)
     if card.downsample < 1 or card.downsample & (card.downsample - 1):
         raise ModelError("model card downsample must be a power of two", path)
+    if card.mean_block < 0:
+        raise ModelError("model card mean_correction block must be at least 0", path)
     return card
 
 

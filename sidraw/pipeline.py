@@ -26,6 +26,7 @@ from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
+from .mean_correction import SATURATED, BlockMeans, residual
 from .model import Device, ModelCache, Network, choose_file
 from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
 from .noise_estimate import PATCH_EDGE, NoiseEstimate, estimate_noise, noise_vector
@@ -198,15 +199,18 @@ def denoise(
         return amplified(normalised(rows, cols))
 
     vector = None
-    if network.card.noise_input is not None:
+    if network.card.noise_input is not None or network.card.mean_block:
         fitted = noise if noise is not None else estimate_file_noise(raw).estimate
         vector = noise_vector(fitted, float(ratio))
+    model_noise = vector if network.card.noise_input is not None else None
+    block = network.card.mean_block
+    means = BlockMeans.empty((h, w, channels), block) if block else None
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return network(batch, noise=vector)
+        return network(batch, noise=model_noise)
 
     def run_last(batch: np.ndarray) -> np.ndarray:
-        return network.release_after(batch, vector)
+        return network.release_after(batch, model_noise)
 
     tile = options.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
@@ -229,6 +233,11 @@ def denoise(
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
         x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
+        if means is not None:
+            assert vector is not None
+            blown = np.all(x * ratio >= hi, axis=2, keepdims=True)
+            valid = (x < SATURATED) & ~blown
+            means.add(row0, residual(x * ratio, y, vector), valid)
         y[np.all(amplified(x) >= hi, axis=2)] = 1.0
         clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
         now = max(0, min(keep_from - row0, clean.shape[0]))
@@ -254,8 +263,28 @@ def denoise(
     for row0, clean in kept:
         unpack_rows_into(target, clean, layout, row0)
     band.clear()
+    if means is not None:
+        _apply_mean_correction(target, means, raw)
     t["inference"] = time.perf_counter() - start
     return target, decision
+
+
+def _apply_mean_correction(target: np.ndarray, means: BlockMeans, raw: RawFile) -> None:
+    """Add the correction of ``means`` (:mod:`sidraw.mean_correction`) to the clean (H, W)
+    uint16 mosaic ``target``, a few packed rows at a time; blown highlights stay white."""
+    info = raw.info
+    layout = info.layout
+    h, w, _ = means.shape
+    grid = means.grid()
+    black = np.asarray(info.black, dtype=np.float32)
+    all_cols = np.arange(w)
+    for row0 in range(0, h, TAKE_ROWS):
+        index = np.arange(row0, min(row0 + TAKE_ROWS, h))
+        y = _normalise_at(pack_rows(target, layout, index), raw, index, all_cols)
+        blown = np.all(y >= 1.0, axis=2, keepdims=True)
+        fixed = np.where(blown, 1.0, np.clip(y + means.field_rows(grid, index), 0.0, 1.0))
+        clean = denormalise_packed(fixed, layout, black, info.white, origin=(row0, 0))
+        unpack_rows_into(target, clean, layout, row0)
 
 
 def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("scipy")
 
+from sidraw.mean_correction import correct
 from sidraw.model import Network, card_for
 from sidraw.tiling import run_tiled
 from sidraw.train.noise import a7s2_params
@@ -45,13 +46,18 @@ def _network(cfa: str) -> Network:
 
 
 def _denoise(net: Network, pair: Pair) -> np.ndarray:
-    """The convert-time tiled inference on a pair's input, with its fitted noise."""
+    """The convert-time tiled inference on a pair's input, with its fitted noise, and the
+    card's mean correction."""
     vec = pair.noise_vector()[None]
     out = run_tiled(
         pair.noisy, lambda b: net(b, noise=vec), overlap=net.card.overlap,
         multiple=net.card.downsample,
     )
-    return np.clip(out, 0.0, 1.0)
+    out = np.clip(out, 0.0, 1.0)
+    if net.card.mean_block:
+        x = pair.normalised()
+        out = correct(out, x * np.float32(pair.ratio), x, vec, net.card.mean_block)
+    return out
 
 
 def _textured_scene(h: int, w: int) -> np.ndarray:

@@ -79,6 +79,18 @@ def noise_input_description() -> dict[str, object]:
     }
 
 
+def mean_correction_description(block: int) -> dict[str, object]:
+    return {
+        "block": block,
+        "what": f"the block means ({block}x{block} packed pixels, each averaged with its 3x3 "
+                "neighbours, interpolated bilinearly) of the unclipped amplified input minus the "
+                "output are added to the output (sidraw.mean_correction): the output keeps the "
+                "input's low frequencies, so flat colours keep their level and hue",
+        "outliers": "residuals limited to 5 sigma of the fitted noise; photosites at 98 % of "
+                    "white and blown highlights excluded",
+    }
+
+
 def unprocess_description() -> dict[str, object]:
     return {
         "method": "Brooks et al. CVPR 2019: inverse smoothstep, inverse 2.2 gamma, inverse colour "
@@ -96,8 +108,10 @@ def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
     overlap: int | None = None, notes: str | None = None, previous: dict | None = None,
+    mean_block: int = 0,
 ) -> dict[str, object]:
     """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured;
+    ``mean_block``: block edge of the output's mean correction, 0 for none;
     ``previous``: the card of the model this run was warm-started from, whose training is kept
     as the first entries of ``training.runs``)."""
     ucfg = model.config
@@ -122,6 +136,7 @@ def build_card(
         **({"noise_input": "noise"} if ucfg.noise_map else {}),
         "normalisation": NORMALISATION,
         **({"overlap": overlap} if overlap is not None else {}),
+        **({"mean_correction": mean_correction_description(mean_block)} if mean_block else {}),
         "architecture": {
             "type": "U-Net (Chen et al. 2018, SID), packed raw in / packed raw out",
             "levels": 5,
@@ -224,6 +239,10 @@ def markdown_card(card: dict) -> str:
             [f"- Noise input: {ni['input']}; {ni['map']}; from {ni['from']}; "
              f"{ni['training_jitter']}."]
             if (ni := a.get("noise_input")) else []
+        ),
+        *(
+            [f"- Mean correction at inference: {mc['what']}; {mc['outliers']}."]
+            if (mc := card.get("mean_correction")) else []
         ),
         f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
         f"{a['onnx_parity_max_abs_diff']:.1e}.",
@@ -351,12 +370,12 @@ def write_cards(
     out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
     history: str | None = None, overlap: int | None = None, notes: str | None = None,
-    previous: dict | None = None,
+    previous: dict | None = None, mean_block: int = 0,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
         name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
-        overlap, notes, previous,
+        overlap, notes, previous, mean_block,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))

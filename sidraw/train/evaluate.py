@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..mean_correction import correct
 from ..mosaic import Layout, denormalise_packed, pack, unpack
 from . import data as data_mod
 from .noise import NoiseParams, a7s2_params, sample_params
@@ -208,7 +209,13 @@ class OnnxModel:
     """An ONNX model run as ``sidraw convert`` runs it (reflect padding to multiples of 16; the
     noise input, if the model has one, from the frame's own fit times ``noise_scale``)."""
 
-    def __init__(self, path: str | Path, threads: int = 2, noise_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 2,
+        noise_scale: float = 1.0,
+        mean_block: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -218,6 +225,7 @@ class OnnxModel:
         )
         self.noise_input = "noise" in [i.name for i in self.session.get_inputs()]
         self.noise_scale = noise_scale
+        self.mean_block = card_mean_block(path) if mean_block is None else mean_block
 
     def __call__(self, noisy: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """(h, w, C) float32 input (and (2,) noise input) -> (h, w, C) float32 in 0..1."""
@@ -233,8 +241,22 @@ class OnnxModel:
         return np.clip(y, 0.0, 1.0)
 
     def on_pair(self, pair: Pair) -> np.ndarray:
-        """The model on a pair's input, told the pair's fitted noise times ``noise_scale``."""
-        return self(pair.noisy, pair.noise_vector(self.noise_scale))
+        """The model on a pair's input, told the pair's fitted noise times ``noise_scale``, then
+        mean-corrected as ``sidraw convert`` does when the card asks for it."""
+        vector = pair.noise_vector(self.noise_scale)
+        out = self(pair.noisy, vector)
+        if not self.mean_block:
+            return out
+        x = pair.normalised()
+        return correct(out, x * np.float32(pair.ratio), x, vector, self.mean_block)
+
+
+def card_mean_block(onnx_path: str | Path) -> int:
+    """The mean-correction block of the JSON card beside an ONNX file (0 without one)."""
+    card = Path(onnx_path).with_suffix(".json")
+    if not card.exists():
+        return 0
+    return int(json.loads(card.read_text()).get("mean_correction", {}).get("block", 0))
 
 
 # --- rendering and metrics -----------------------------------------------------------------------
@@ -372,6 +394,7 @@ def evaluate(
     bm3d_images: int | None = None,
     noise_scale: float = 1.0,
     sets: tuple[str, ...] | None = None,
+    mean_block: int | None = None,
 ) -> dict:
     """Evaluate one model (or only the baselines when ``model_path`` is None).
 
@@ -380,6 +403,7 @@ def evaluate(
             model - BM3D comparisons use exactly the cases BM3D ran on.
         noise_scale: factor on the variances of the model's noise input.
         sets: names of the sets to run (default all of SETS).
+        mean_block: mean-correction block for the model (None: its card's).
 
     Returns the summary dict (also written to ``out/<cfa>_eval.json`` with a Markdown table).
     """
@@ -391,7 +415,7 @@ def evaluate(
     keys = sorted({c.key for c in cases})
     with_bm3d = set(keys if bm3d_images is None else keys[:bm3d_images])
     bm3d_dir = out / f"{cfa}_bm3d_v{EVAL_VERSION}"
-    model = OnnxModel(model_path, threads, noise_scale) if model_path else None
+    model = OnnxModel(model_path, threads, noise_scale, mean_block) if model_path else None
     per_case: dict[str, dict] = {}
     t0 = time.perf_counter()
     model_seconds = 0.0
@@ -407,6 +431,7 @@ def evaluate(
     summary.update(
         cfa=cfa, model=str(model_path) if model_path else None, images=keys,
         bm3d_images=sorted(with_bm3d), noise_scale=noise_scale, eval_version=EVAL_VERSION,
+        mean_block=model.mean_block if model is not None else None,
         crop="whole photo" if cfa == "bayer" else "612x912 photosites",
     )
     megapixels = sum(c.crop[0] * c.crop[1] for c in cases) / 1e6
@@ -561,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="run BM3D on this many photos only (default all)")
     ap.add_argument("--noise-scale", type=float, default=1.0,
                     help="multiply the variances of the model's noise input")
+    ap.add_argument("--mean-block", type=int, default=None,
+                    help="mean-correction block for the model (default: its card's; 0: none)")
     ap.add_argument("--sets", nargs="*", default=None, help=f"set names: {', '.join(SET_NAMES)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -571,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     s = evaluate(
         a.cfa, a.model, Path(a.out), a.data, images, a.threads, bm3d_images=a.bm3d_images,
         noise_scale=a.noise_scale, sets=tuple(a.sets) if a.sets else None,
+        mean_block=a.mean_block,
     )
     if a.update_card and a.model:
         from .cards import update_validation

@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval", default=None, help="evaluation JSON from sidraw.train.evaluate")
     ap.add_argument("--speed", nargs="*", default=[], help="JSON-lines files of width speeds")
     ap.add_argument("--history", default=None, help="history.jsonl of the run(s)")
+    ap.add_argument(
+        "--mean-block", type=int, default=0,
+        help="block edge of the output's mean correction (sidraw.mean_correction; 0: none)",
+    )
     ap.add_argument("--notes", default=None, help="free text on how the run went (card)")
     ap.add_argument(
         "--previous",
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cards(
         out, a.name, a.version, onnx_path, model, cfg, info, diff,
         validation=validation, speeds=speeds, history=a.history, overlap=overlap,
-        notes=a.notes, previous=previous,
+        notes=a.notes, previous=previous, mean_block=a.mean_block,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
 

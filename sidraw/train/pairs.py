@@ -34,21 +34,26 @@ def network_input(
     Returns:
         (h, w, C) float32 in ``[-1, 1]``.
     """
-    p = layout.period
-    black_pp = np.broadcast_to(np.asarray(black, dtype=np.float32), (p, p))
-    x = normalise_packed(pack(raw_dn, layout), layout, black_pp, white)
+    x = normalised_raw(raw_dn, layout, black, white)
     x *= np.float32(ratio)
     np.clip(x, *INPUT_CLIP, out=x)
     return x
+
+
+def normalised_raw(
+    raw_dn: np.ndarray, layout: Layout, black: np.ndarray | float, white: float
+) -> np.ndarray:
+    """(h, w, C) float32 packed raw, 0 at black and 1 at white, not amplified or clipped."""
+    p = layout.period
+    black_pp = np.broadcast_to(np.asarray(black, dtype=np.float32), (p, p))
+    return normalise_packed(pack(raw_dn, layout), layout, black_pp, white)
 
 
 def frame_estimate(
     raw_dn: np.ndarray, layout: Layout, black: np.ndarray | float, white: float
 ) -> NoiseEstimate:
     """The noise estimate ``sidraw convert`` makes of a raw mosaic (normalised units)."""
-    p = layout.period
-    black_pp = np.broadcast_to(np.asarray(black, dtype=np.float32), (p, p))
-    return estimate_noise(normalise_packed(pack(raw_dn, layout), layout, black_pp, white))
+    return estimate_noise(normalised_raw(raw_dn, layout, black, white))
 
 
 @dataclass
@@ -74,6 +79,11 @@ class Pair:
     noise: NoiseParams
     camera: CameraParams
     estimate: NoiseEstimate
+
+    def normalised(self) -> np.ndarray:
+        """(h, w, C) float32 packed noisy raw, 0 at black and 1 at white, before the ratio."""
+        layout = layout_for(self.pattern)
+        return normalised_raw(self.raw_dn, layout, self.noise.black, self.noise.white)
 
     def noise_vector(self, scale: float = 1.0) -> np.ndarray:
         """(2,) float32 network noise input of this pair, variances times ``scale``."""

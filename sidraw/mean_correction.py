@@ -1,0 +1,147 @@
+"""Low-frequency mean correction: the denoised mosaic keeps the local means of its input.
+
+A denoiser trained for the smallest error shrinks a weak, noisy signal towards what it saw most
+often in training, and the input clip at white cuts the top off the noise of bright areas: at
+high ratios both show as a colour shift of several per cent on flat patches. The amplified input,
+unclipped, is an unbiased estimate of the clean signal, and its mean over a block of ``b x b``
+packed pixels has ``1/b`` of the pixel noise. So the block means of ``input - output`` measure the
+network's low-frequency error; smoothed over neighbouring blocks and interpolated back to every
+pixel, they are added to the output. Where the network is unbiased the correction is
+low-frequency noise far below the pixel noise; where it is biased the bias goes.
+
+Outliers (hot pixels, lights beyond the white clip) would drag a block mean: each residual is
+limited to ``CLIP_SIGMAS`` standard deviations of the expected noise, and photosites at or near
+the sensor's white level (whose true value is unknown) do not count.
+
+Everything here works on packed, normalised arrays: ``(h, w, C) float32, 0 at black and 1 at
+white``, amplified by the ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Residuals are limited to this many standard deviations of the expected noise.
+CLIP_SIGMAS = 5.0
+#: Photosites at or above this fraction of white (before amplification) are treated as clipped.
+SATURATED = 0.98
+
+
+def residual(
+    amplified: np.ndarray, output: np.ndarray, noise: np.ndarray
+) -> np.ndarray:
+    """``amplified - output``, limited to ``CLIP_SIGMAS`` noise standard deviations.
+
+    Args:
+        amplified: (n, w, C) float32 network input before its clip (normalised x ratio).
+        output: (n, w, C) float32 denoised output, 0..1.
+        noise: (1, 2) or (2,) float32 ``[a, b]``: the variance of the amplified input at signal
+            ``s`` is ``a * s + b`` (:func:`sidraw.noise_estimate.noise_vector`).
+
+    Returns:
+        (n, w, C) float32.
+    """
+    a, b = (float(v) for v in np.asarray(noise, dtype=np.float32).reshape(-1)[:2])
+    limit = CLIP_SIGMAS * np.sqrt(np.maximum(a * np.maximum(output, 0.0) + b, 1e-12))
+    return np.clip(amplified - output, -limit, limit).astype(np.float32)
+
+
+@dataclass
+class BlockMeans:
+    """Running per-block sums of residuals over the rows of a packed image.
+
+    Attributes:
+        shape: (h, w, C) of the packed image.
+        block: block edge, packed pixels.
+        sums, counts: (ceil(h / block), ceil(w / block), C) float64.
+    """
+
+    shape: tuple[int, int, int]
+    block: int
+    sums: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int, int], block: int) -> BlockMeans:
+        h, w, c = shape
+        grid = (-(-h // block), -(-w // block), c)
+        return cls(shape, block, np.zeros(grid), np.zeros(grid))
+
+    def add(self, row0: int, res: np.ndarray, valid: np.ndarray) -> None:
+        """Add rows ``row0 .. row0 + n`` of residuals (n, w, C), counting only ``valid`` ones
+        (bool, same shape). Each row is added once."""
+        n, w, c = res.shape
+        b = self.block
+        wb = self.sums.shape[1]
+        pad = wb * b - w
+        r = np.where(valid, res, 0.0)
+        v = valid.astype(np.float64)
+        if pad:
+            r = np.pad(r, ((0, 0), (0, pad), (0, 0)))
+            v = np.pad(v, ((0, 0), (0, pad), (0, 0)))
+        per_row = r.reshape(n, wb, b, c).sum(axis=2, dtype=np.float64)
+        per_row_count = v.reshape(n, wb, b, c).sum(axis=2)
+        index = (row0 + np.arange(n)) // b
+        np.add.at(self.sums, index, per_row)
+        np.add.at(self.counts, index, per_row_count)
+
+    def grid(self) -> np.ndarray:
+        """(hb, wb, C) float32 block means, each averaged with its 3 x 3 neighbourhood
+        (weighted by counts, so blocks with few valid photosites count little)."""
+        s, k = _box3(self.sums), _box3(self.counts)
+        return (s / np.maximum(k, 1.0)).astype(np.float32)
+
+    def field_rows(self, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), w, C) float32 correction at packed ``rows``: ``grid`` interpolated
+        bilinearly between block centres (held constant beyond the outer ones)."""
+        _, w, _ = self.shape
+        y0, y1, fy = _interp_index(rows, self.block, grid.shape[0])
+        x0, x1, fx = _interp_index(np.arange(w), self.block, grid.shape[1])
+        g = grid[y0] * (1 - fy)[:, None, None] + grid[y1] * fy[:, None, None]  # (n, wb, C)
+        return g[:, x0] * (1 - fx)[None, :, None] + g[:, x1] * fx[None, :, None]
+
+
+def _box3(a: np.ndarray) -> np.ndarray:
+    """Sum over each element's 3 x 3 neighbourhood in the first two axes (edges repeated)."""
+    p = np.pad(a, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    rows = p[:-2] + p[1:-1] + p[2:]
+    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+
+
+def _interp_index(
+    pos: np.ndarray, block: int, cells: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbouring block indices and the weight of the second, for pixel positions ``pos``."""
+    t = np.clip((pos.astype(np.float32) + 0.5) / block - 0.5, 0.0, cells - 1)
+    i0 = np.floor(t).astype(np.intp)
+    i1 = np.minimum(i0 + 1, cells - 1)
+    return i0, i1, (t - i0).astype(np.float32)
+
+
+def correct(
+    output: np.ndarray,
+    amplified: np.ndarray,
+    normalised: np.ndarray,
+    noise: np.ndarray,
+    block: int,
+) -> np.ndarray:
+    """The mean correction of a whole packed image (what ``sidraw convert`` does band by band).
+
+    Args:
+        output: (h, w, C) float32 network output, clipped to 0..1.
+        amplified: (h, w, C) float32 unclipped network input (``normalised * ratio``).
+        normalised: (h, w, C) float32 input before amplification (for the white check).
+        noise: the model's noise input ``[a, b]``.
+        block: block edge in packed pixels.
+
+    Returns:
+        (h, w, C) float32 in 0..1; pixels that are white in every channel (blown highlights)
+        stay white.
+    """
+    means = BlockMeans.empty(output.shape, block)
+    blown = np.all(output >= 1.0, axis=2, keepdims=True)
+    means.add(0, residual(amplified, output, noise), (normalised < SATURATED) & ~blown)
+    field = means.field_rows(means.grid(), np.arange(output.shape[0]))
+    return np.where(blown, output, np.clip(output + field, 0.0, 1.0))

@@ -1,0 +1,144 @@
+"""The low-frequency mean correction of the network output (sidraw.mean_correction)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sidraw.mean_correction import CLIP_SIGMAS, BlockMeans, correct, residual
+from sidraw.model import ModelCache
+from sidraw.mosaic import normalise_packed, pack
+from sidraw.noise_estimate import noise_vector
+from sidraw.pipeline import ConvertOptions, denoise, estimate_file_noise
+from sidraw.raw import open_raw
+
+NOISE = np.array([[0.02, 0.001]], dtype=np.float32)  # variance 0.02 s + 0.001 (amplified)
+
+
+def _noisy(clean: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sd = np.sqrt(NOISE[0, 0] * clean + NOISE[0, 1])
+    return (clean + sd * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def _flat(h: int = 128, w: int = 160) -> np.ndarray:
+    colour = np.array([0.6, 0.3, 0.32, 0.15], dtype=np.float32)
+    return np.broadcast_to(colour, (h, w, 4)).copy()
+
+
+def test_a_biased_output_gets_its_level_back() -> None:
+    clean = _flat()
+    x = _noisy(clean)
+    # A denoiser that shrinks colours towards grey by 8 %: a hue shift on a flat patch.
+    biased = np.clip(clean + 0.08 * (clean.mean() - clean), 0, 1)
+    fixed = correct(biased, x, x, NOISE, 16)
+    before = np.abs(biased.mean(axis=(0, 1)) / clean[0, 0] - 1)
+    after = np.abs(fixed.mean(axis=(0, 1)) / clean[0, 0] - 1)
+    assert before.max() > 0.05
+    assert after.max() < 0.01, after
+    # The correction is smooth: it adds far less noise than the input has.
+    assert np.std(fixed - biased - (fixed - biased).mean(axis=(0, 1))) < 0.1 * np.std(x - clean)
+
+
+def test_an_unbiased_output_is_left_almost_alone() -> None:
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:128, 0:160].astype(np.float32)
+    clean = np.clip(0.4 + 0.3 * np.sin(x / 7)[..., None] * np.cos(y / 11)[..., None]
+                    + 0.05 * rng.standard_normal((128, 160, 4)), 0, 1).astype(np.float32)
+    noisy = _noisy(clean, seed=4)
+    fixed = correct(clean, noisy, noisy, NOISE, 16)
+    # The correction is the block means of the noise: about sd / 16 per block, never more than
+    # a few per cent of white.
+    assert np.abs(fixed - clean).max() < 0.03
+    assert np.sqrt(np.mean((fixed - clean) ** 2)) < np.sqrt(np.mean((noisy - clean) ** 2)) / 8
+
+
+def test_a_hot_pixel_does_not_drag_its_block() -> None:
+    clean = _flat()
+    x = _noisy(clean)
+    x[40, 50, 1] = 300.0  # a hot photosite amplified x300, beyond any clip
+    fixed = correct(clean, x, x, NOISE, 16)
+    limit = CLIP_SIGMAS * np.sqrt(NOISE[0, 0] * 0.3 + NOISE[0, 1])
+    assert np.abs(fixed - clean)[:, :, 1].max() < limit / 100
+
+
+def test_clipped_photosites_and_blown_highlights() -> None:
+    clean = _flat()
+    normalised = clean / 100
+    amplified = clean.copy()
+    normalised[:64] = 1.0  # the sensor's white: the true value is unknown
+    amplified[:64] = 100.0
+    out = clean.copy()
+    out[:64] = 1.0  # blown: white in every channel
+    fixed = correct(out, amplified, normalised, NOISE, 16)
+    np.testing.assert_array_equal(fixed[:64], 1.0)
+    # The blown half must not pull the rest up.
+    np.testing.assert_allclose(fixed[64:], clean[64:], atol=1e-6)
+
+
+def test_rows_added_in_bands_give_the_same_means() -> None:
+    rng = np.random.default_rng(1)
+    res = rng.standard_normal((100, 70, 4)).astype(np.float32)
+    valid = rng.random((100, 70, 4)) > 0.2
+    whole = BlockMeans.empty(res.shape, 16)
+    whole.add(0, res, valid)
+    banded = BlockMeans.empty(res.shape, 16)
+    for r0 in range(0, 100, 7):
+        banded.add(r0, res[r0 : r0 + 7], valid[r0 : r0 + 7])
+    np.testing.assert_allclose(banded.sums, whole.sums, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(banded.counts, whole.counts)
+    grid = whole.grid()
+    np.testing.assert_allclose(
+        whole.field_rows(grid, np.arange(30, 45)),
+        whole.field_rows(grid, np.arange(100))[30:45],
+    )
+
+
+def test_a_constant_residual_is_a_constant_field() -> None:
+    means = BlockMeans.empty((50, 90, 4), 16)
+    means.add(0, np.full((50, 90, 4), 0.25, np.float32), np.ones((50, 90, 4), bool))
+    np.testing.assert_allclose(means.field_rows(means.grid(), np.arange(50)), 0.25, rtol=1e-6)
+
+
+def test_residual_is_limited_in_noise_sigmas() -> None:
+    out = np.full((1, 3, 1), 0.5, np.float32)
+    amp = np.array([[[0.5], [0.6], [90.0]]], np.float32)
+    r = residual(amp, out, NOISE)
+    sd = np.sqrt(NOISE[0, 0] * 0.5 + NOISE[0, 1])
+    np.testing.assert_allclose(r[0, :, 0], [0.0, 0.1, CLIP_SIGMAS * sd], rtol=1e-5)
+
+
+def test_convert_applies_the_card_correction_band_by_band(
+    make_dng, tiny_models: Path, tmp_path: Path
+) -> None:
+    """Streaming denoise with a mean-corrected card = the whole-frame correction of the same
+    network's output (up to the uint16 rounding of the two passes)."""
+    corrected = tmp_path / "corrected"
+    shutil.copytree(tiny_models, corrected)
+    card_path = corrected / "test-bayer.json"
+    card = json.loads(card_path.read_text())
+    card["mean_correction"] = {"block": 16}
+    card_path.write_text(json.dumps(card))
+    src = make_dng("m.dng", pattern="GBRG", width=640, height=1200)
+    opts = ConvertOptions(ratio=20, tile=128, overlap=32)
+    with open_raw(src) as raw:
+        plain, _ = denoise(raw, ModelCache(tiny_models, "cpu").get("bayer"), opts)
+        fixed, _ = denoise(raw, ModelCache(corrected, "cpu").get("bayer"), opts)
+        info = raw.info
+        layout = info.layout
+        black = np.broadcast_to(np.asarray(info.black, np.float32), (layout.period,) * 2)
+        x = normalise_packed(pack(raw.mosaic, layout), layout, black, info.white)
+        vector = noise_vector(estimate_file_noise(raw).estimate, 20.0)
+    y = normalise_packed(pack(plain, layout), layout, black, info.white)
+    want = correct(y, x * 20, x, vector, 16)
+    got = normalise_packed(pack(fixed, layout), layout, black, info.white)
+    assert np.abs(got - want).max() < 3 / (info.white - black.max())
+    assert np.abs(got - y).max() > 10 / (info.white - black.max())  # it did something
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
