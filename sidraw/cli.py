@@ -428,6 +428,11 @@ def _doctor_rows(rep: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "models", "none found"
 
 
+# The model options of the verbs that convert without the batch panels (compare, serve).
+_ModelOpt = Annotated[Path | None, opt.option("--model", help="Model card, ONNX file or folder.")]
+_DeviceOpt = Annotated[opt.DeviceChoice, opt.option("--device", help="Inference device.")]
+
+
 @app.command(cls=opt.Command)
 def compare(
     file: Annotated[Path, typer.Argument(help="A raw file.")],
@@ -435,12 +440,8 @@ def compare(
         Path | None, opt.option("--out", "-o", help="JPEG to write (default: FILE.compare.jpg).")
     ] = None,
     ratio: Annotated[str, opt.option("--ratio", help="'auto' or a number.")] = "auto",
-    model: Annotated[
-        Path | None, opt.option("--model", help="Model card, ONNX file or folder.")
-    ] = None,
-    device: Annotated[
-        opt.DeviceChoice, opt.option("--device", help="Inference device.")
-    ] = opt.DeviceChoice.auto,
+    model: _ModelOpt = None,
+    device: _DeviceOpt = opt.DeviceChoice.auto,
 ) -> None:
     """Write a before/after JPEG: the naively brightened raw beside sidraw's result."""
     from .preview import compare_file
@@ -457,6 +458,76 @@ def compare(
         reporter.failure(exc)
         raise typer.Exit(EXIT_FAILED) from None
     reporter.line(f"wrote {shown(dst)}  {decision.describe()}")
+
+
+@app.command(cls=opt.Command)
+def serve(
+    host: Annotated[
+        str,
+        opt.option(
+            "--host",
+            help="Address to listen on; beyond loopback it needs a token.",
+            metavar="ADDRESS",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, opt.option("--port", help="Port (0: a free one).")] = 8000,
+    open_browser: Annotated[
+        bool, opt.option("--open", help="Open the page in the default browser.")
+    ] = False,
+    max_upload: Annotated[
+        float, opt.option("--max-upload", help="Largest file, in MB.", metavar="MB")
+    ] = 200,
+    max_request: Annotated[
+        float, opt.option("--max-request", help="Largest upload request, in MB.", metavar="MB")
+    ] = 1000,
+    keep: Annotated[
+        float, opt.option("--keep", help="Minutes results are kept.", metavar="MINUTES")
+    ] = 30,
+    token: Annotated[
+        str | None,
+        opt.option(
+            "--token",
+            help="Secret every request needs (made up beyond loopback).",
+            metavar="SECRET",
+        ),
+    ] = None,
+    model: _ModelOpt = None,
+    device: _DeviceOpt = opt.DeviceChoice.auto,
+    threads: Annotated[
+        int | None, opt.option("--threads", help="Threads (default: cores).", metavar="N")
+    ] = None,
+) -> None:
+    """A local web page (and JSON API) that converts raw files from a browser (web extra)."""
+    from .serve import INSTALL_HINT, missing_web_extra
+    from .serve.config import config_from_options
+
+    reporter = Reporter()
+    missing = missing_web_extra()
+    if missing is not None:
+        reporter.usage(f"sidraw serve needs the web extra ({missing} is missing): {INSTALL_HINT}")
+        raise typer.Exit(EXIT_USAGE)
+    with _usage_errors(reporter):
+        config = config_from_options(
+            host=host, port=port, max_upload_mb=max_upload, max_request_mb=max_request,
+            keep_minutes=keep, token=token, model=model, device=device.value, threads=threads,
+        )  # fmt: skip
+        opt.check_device(device.value)
+        opt.check_model(model)
+    from .serve.server import run_server
+
+    try:
+        run_server(
+            config,
+            lambda text: reporter.line(text),
+            lambda text: reporter.line(("warning:", "yellow"), " ", text),
+            open_browser=open_browser,
+        )
+    except OSError as exc:
+        reporter.usage(f"cannot listen on {host} port {port}: {exc.strerror or exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        reporter.line("sidraw serve stopped: every upload and result is deleted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _register_training() -> None:
