@@ -43,9 +43,18 @@ def residual(
     Returns:
         (n, w, C) float32.
     """
-    a, b = (float(v) for v in np.asarray(noise, dtype=np.float32).reshape(-1)[:2])
-    limit = CLIP_SIGMAS * np.sqrt(np.maximum(a * np.maximum(output, 0.0) + b, 1e-12))
-    return np.clip(amplified - output, -limit, limit).astype(np.float32)
+    a, b = (np.float32(v) for v in np.asarray(noise, dtype=np.float32).reshape(-1)[:2])
+    # In place: this runs on every row of a frame.
+    limit = np.maximum(output, np.float32(0.0))
+    limit *= a
+    limit += max(b, np.float32(1e-12))
+    np.sqrt(limit, out=limit)
+    limit *= np.float32(CLIP_SIGMAS)
+    d = np.subtract(amplified, output, dtype=np.float32)
+    np.minimum(d, limit, out=d)
+    np.negative(limit, out=limit)
+    np.maximum(d, limit, out=d)
+    return d
 
 
 @dataclass
@@ -72,35 +81,41 @@ class BlockMeans:
     def add(self, row0: int, res: np.ndarray, valid: np.ndarray) -> None:
         """Add rows ``row0 .. row0 + n`` of residuals (n, w, C), counting only ``valid`` ones
         (bool, same shape). Each row is added once."""
-        n, w, c = res.shape
+        n = res.shape[0]
         b = self.block
         wb = self.sums.shape[1]
-        pad = wb * b - w
-        r = np.where(valid, res, 0.0)
-        v = valid.astype(np.float64)
-        if pad:
-            r = np.pad(r, ((0, 0), (0, pad), (0, 0)))
-            v = np.pad(v, ((0, 0), (0, pad), (0, 0)))
-        per_row = r.reshape(n, wb, b, c).sum(axis=2, dtype=np.float64)
-        per_row_count = v.reshape(n, wb, b, c).sum(axis=2)
-        index = (row0 + np.arange(n)) // b
-        np.add.at(self.sums, index, per_row)
-        np.add.at(self.counts, index, per_row_count)
+        r = np.where(valid, res, np.float32(0.0))
+        # Rows are summed per block row first (a slice spans one or two), then columns per block.
+        first = row0 // b
+        for k in range(first, (row0 + n - 1) // b + 1):
+            lo, hi = max(k * b, row0) - row0, min((k + 1) * b, row0 + n) - row0
+            self.sums[k] += _sum_columns(r[lo:hi].sum(axis=0, dtype=np.float64), wb, b)
+            self.counts[k] += _sum_columns(
+                np.count_nonzero(valid[lo:hi], axis=0).astype(np.float64), wb, b
+            )
 
     def grid(self) -> np.ndarray:
-        """(hb, wb, C) float32 block means, each averaged with its 3 x 3 neighbourhood
-        (weighted by counts, so blocks with few valid photosites count little)."""
+        """(hb, w, C) float32: the block means, each averaged with its 3 x 3 neighbourhood
+        (weighted by counts, so blocks with few valid photosites count little), interpolated
+        linearly between block centres along the columns (held beyond the outer ones)."""
         s, k = _box3(self.sums), _box3(self.counts)
-        return (s / np.maximum(k, 1.0)).astype(np.float32)
+        means = (s / np.maximum(k, 1.0)).astype(np.float32)
+        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, means.shape[1])
+        return means[:, x0] * (1 - fx)[None, :, None] + means[:, x1] * fx[None, :, None]
 
     def field_rows(self, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), w, C) float32 correction at packed ``rows``: ``grid`` interpolated
-        bilinearly between block centres (held constant beyond the outer ones)."""
-        _, w, _ = self.shape
+        """(len(rows), w, C) float32 correction at packed ``rows``: :meth:`grid` interpolated
+        linearly between block centres along the rows too."""
         y0, y1, fy = _interp_index(rows, self.block, grid.shape[0])
-        x0, x1, fx = _interp_index(np.arange(w), self.block, grid.shape[1])
-        g = grid[y0] * (1 - fy)[:, None, None] + grid[y1] * fy[:, None, None]  # (n, wb, C)
-        return g[:, x0] * (1 - fx)[None, :, None] + g[:, x1] * fx[None, :, None]
+        return grid[y0] * (1 - fy)[:, None, None] + grid[y1] * fy[:, None, None]
+
+
+def _sum_columns(row: np.ndarray, cells: int, block: int) -> np.ndarray:
+    """(w, C) -> (cells, C): sums over blocks of ``block`` columns (the last one may be short)."""
+    w, c = row.shape
+    if cells * block != w:
+        row = np.pad(row, ((0, cells * block - w), (0, 0)))
+    return row.reshape(cells, block, c).sum(axis=1)
 
 
 def _box3(a: np.ndarray) -> np.ndarray:
