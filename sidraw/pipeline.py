@@ -271,20 +271,29 @@ def denoise(
 
 def _apply_mean_correction(target: np.ndarray, means: BlockMeans, raw: RawFile) -> None:
     """Add the correction of ``means`` (:mod:`sidraw.mean_correction`) to the clean (H, W)
-    uint16 mosaic ``target``, a few packed rows at a time; blown highlights stay white."""
+    uint16 mosaic ``target``, a few packed rows at a time, in DN (the correction times each
+    channel's white - black); values stay within black..white, blown highlights stay white."""
     info = raw.info
     layout = info.layout
-    h, w, _ = means.shape
+    t = layout.types
+    white = np.float32(info.white)
+    levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))  # (t, t, C)
     grid = means.grid()
-    black = np.asarray(info.black, dtype=np.float32)
-    all_cols = np.arange(w)
-    for row0 in range(0, h, TAKE_ROWS):
-        index = np.arange(row0, min(row0 + TAKE_ROWS, h))
-        y = _normalise_at(pack_rows(target, layout, index), raw, index, all_cols)
-        blown = np.all(y >= 1.0, axis=2, keepdims=True)
-        fixed = np.where(blown, 1.0, np.clip(y + means.field_rows(grid, index), 0.0, 1.0))
-        clean = denormalise_packed(fixed, layout, black, info.white, origin=(row0, 0))
-        unpack_rows_into(target, clean, layout, row0)
+    for row0 in range(0, means.shape[0], TAKE_ROWS):
+        index = np.arange(row0, min(row0 + TAKE_ROWS, means.shape[0]))
+        dn = pack_rows(target, layout, index).astype(np.float32)
+        blown = np.all(dn >= white, axis=2, keepdims=True)
+        field = means.field_rows(grid, index)
+        row_levels = levels[index % t]  # (n, t, C)
+        for tj in range(t):
+            lv = row_levels[:, None, tj]
+            view = dn[:, tj::t]
+            view += field[:, tj::t] * (white - lv)
+            np.maximum(view, lv, out=view)
+        np.minimum(dn, white, out=dn)
+        dn[np.broadcast_to(blown, dn.shape)] = white
+        np.rint(dn, out=dn)
+        unpack_rows_into(target, dn.astype(np.uint16), layout, row0)
 
 
 def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:
