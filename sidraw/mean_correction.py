@@ -19,6 +19,7 @@ white``, amplified by the ratio.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,20 +95,92 @@ class BlockMeans:
                 np.count_nonzero(valid[lo:hi], axis=0).astype(np.float64), wb, b
             )
 
-    def grid(self) -> np.ndarray:
-        """(hb, w, C) float32: the block means, each averaged with its 3 x 3 neighbourhood
-        (weighted by counts, so blocks with few valid photosites count little), interpolated
-        linearly between block centres along the columns (held beyond the outer ones)."""
-        s, k = _box3(self.sums), _box3(self.counts)
-        means = (s / np.maximum(k, 1.0)).astype(np.float32)
-        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, means.shape[1])
-        return means[:, x0] * (1 - fx)[None, :, None] + means[:, x1] * fx[None, :, None]
+    def grid_row(self, k: int) -> np.ndarray:
+        """(w, C) float32: the means of block row ``k``, each block averaged with its 3 x 3
+        neighbourhood (weighted by counts, so blocks with few valid photosites count little;
+        edges repeated), interpolated linearly between block centres along the row (held
+        beyond the outer ones). Block rows ``k - 1 .. k + 1`` must be complete."""
+        last = self.sums.shape[0] - 1
+        rows = [max(k - 1, 0), k, min(k + 1, last)]
+        s = _box3_columns(self.sums[rows].sum(axis=0))
+        n = _box3_columns(self.counts[rows].sum(axis=0))
+        means = (s / np.maximum(n, 1.0)).astype(np.float32)
+        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, means.shape[0])
+        return means[x0] * (1 - fx)[:, None] + means[x1] * fx[:, None]
 
-    def field_rows(self, grid: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), w, C) float32 correction at packed ``rows``: :meth:`grid` interpolated
-        linearly between block centres along the rows too."""
-        y0, y1, fy = _interp_index(rows, self.block, grid.shape[0])
-        return grid[y0] * (1 - fy)[:, None, None] + grid[y1] * fy[:, None, None]
+
+class CorrectionStream:
+    """The correction applied to output rows as they arrive, in order.
+
+    A row's correction depends on the block rows around it, so rows are held back until the
+    block rows they need are complete (about three blocks); :meth:`close` releases the rest.
+    ``emit(row0, rows)`` receives corrected (n, w, C) float32 rows in order.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        block: int,
+        emit: Callable[[int, np.ndarray], None],
+    ) -> None:
+        self.means = BlockMeans.empty(shape, block)
+        self.emit = emit
+        self.pending: list[tuple[int, np.ndarray]] = []
+        self.seen = 0
+        self.done = 0
+        self.cache: dict[int, np.ndarray] = {}
+
+    def push(self, row0: int, output: np.ndarray, res: np.ndarray, valid: np.ndarray) -> None:
+        """Rows ``row0 ..`` of the (clipped) output, their :func:`residual` and validity."""
+        if row0 != self.seen:
+            raise ValueError(f"rows must come in order: expected {self.seen}, got {row0}")
+        self.means.add(row0, res, valid)
+        self.seen += output.shape[0]
+        self.pending.append((row0, output))
+        self._release(self._ready())
+
+    def close(self) -> None:
+        """Release every row still held (all rows must have been pushed)."""
+        if self.seen != self.means.shape[0]:
+            raise ValueError(f"{self.seen} of {self.means.shape[0]} rows pushed")
+        self._release(self.seen)
+
+    def _ready(self) -> int:
+        """Rows ``< r`` whose correction no row still to come can change."""
+        b, cells = self.means.block, self.means.sums.shape[0]
+        if self.seen >= self.means.shape[0]:
+            return self.seen
+        complete = self.seen // b  # block rows all of whose rows are in
+        last_grid = complete - 2  # grid rows that need no incomplete block row
+        rows = np.arange(self.done, self.seen)
+        _, y1, _ = _interp_index(rows, b, cells)
+        return self.done + int(np.searchsorted(y1, last_grid, side="right"))
+
+    def _release(self, upto: int) -> None:
+        while self.pending and self.done < upto:
+            row0, rows = self.pending[0]
+            n = min(rows.shape[0], upto - row0)
+            if n < rows.shape[0]:
+                self.pending[0] = (row0 + n, rows[n:])
+                rows = rows[:n]
+            else:
+                self.pending.pop(0)
+            self.emit(row0, self._apply(row0, rows))
+            self.done = row0 + n
+
+    def _apply(self, row0: int, rows: np.ndarray) -> np.ndarray:
+        index = np.arange(row0, row0 + rows.shape[0])
+        y0, y1, fy = _interp_index(index, self.means.block, self.means.sums.shape[0])
+        for k in range(int(y0[0]), int(y1[-1]) + 1):
+            if k not in self.cache:
+                self.cache[k] = self.means.grid_row(k)
+        for k in [k for k in self.cache if k < y0[0]]:
+            del self.cache[k]
+        lo = int(y0[0])
+        grid = np.stack([self.cache[k] for k in range(lo, int(y1[-1]) + 1)])
+        field = grid[y0 - lo] * (1 - fy)[:, None, None] + grid[y1 - lo] * fy[:, None, None]
+        blown = np.all(rows >= 1.0, axis=2, keepdims=True)
+        return np.where(blown, rows, np.clip(rows + field, 0.0, 1.0))
 
 
 def _sum_columns(row: np.ndarray, cells: int, block: int) -> np.ndarray:
@@ -118,11 +191,10 @@ def _sum_columns(row: np.ndarray, cells: int, block: int) -> np.ndarray:
     return row.reshape(cells, block, c).sum(axis=1)
 
 
-def _box3(a: np.ndarray) -> np.ndarray:
-    """Sum over each element's 3 x 3 neighbourhood in the first two axes (edges repeated)."""
-    p = np.pad(a, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    rows = p[:-2] + p[1:-1] + p[2:]
-    return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+def _box3_columns(a: np.ndarray) -> np.ndarray:
+    """(wb, C): each element summed with its two neighbours (edges repeated)."""
+    p = np.pad(a, ((1, 1), (0, 0)), mode="edge")
+    return p[:-2] + p[1:-1] + p[2:]
 
 
 def _interp_index(
@@ -155,8 +227,13 @@ def correct(
         (h, w, C) float32 in 0..1; pixels that are white in every channel (blown highlights)
         stay white.
     """
-    means = BlockMeans.empty(output.shape, block)
+    out = np.empty_like(output, dtype=np.float32)
+
+    def take(row0: int, rows: np.ndarray) -> None:
+        out[row0 : row0 + rows.shape[0]] = rows
+
+    stream = CorrectionStream(output.shape, block, take)
     blown = np.all(output >= 1.0, axis=2, keepdims=True)
-    means.add(0, residual(amplified, output, noise), (normalised < SATURATED) & ~blown)
-    field = means.field_rows(means.grid(), np.arange(output.shape[0]))
-    return np.where(blown, output, np.clip(output + field, 0.0, 1.0))
+    stream.push(0, output, residual(amplified, output, noise), (normalised < SATURATED) & ~blown)
+    stream.close()
+    return out

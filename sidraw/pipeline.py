@@ -26,7 +26,7 @@ from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
-from .mean_correction import SATURATED, BlockMeans, residual
+from .mean_correction import SATURATED, CorrectionStream, residual
 from .model import Device, ModelCache, Network, choose_file
 from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
 from .noise_estimate import PATCH_EDGE, NoiseEstimate, estimate_noise, noise_vector
@@ -203,9 +203,6 @@ def denoise(
         fitted = noise if noise is not None else estimate_file_noise(raw).estimate
         vector = noise_vector(fitted, float(ratio))
     model_noise = vector if network.card.noise_input is not None else None
-    block = network.card.mean_block
-    means = BlockMeans.empty((h, w, channels), block) if block else None
-
     def run(batch: np.ndarray) -> np.ndarray:
         return network(batch, noise=model_noise)
 
@@ -227,24 +224,33 @@ def denoise(
         for r in range(0, rows.shape[0], TAKE_ROWS):
             take_slice(row0 + r, rows[r : r + TAKE_ROWS])
 
-    def take_slice(row0: int, rows: np.ndarray) -> None:
-        index = np.arange(row0, row0 + rows.shape[0])
-        y = np.clip(rows, 0.0, 1.0)
-        # Photosites clipped in every channel are blown highlights: make them exactly white so
-        # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
-        x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
-        if means is not None:
-            assert vector is not None
-            blown = np.all(x * ratio >= hi, axis=2, keepdims=True)
-            valid = (x < SATURATED) & ~blown
-            means.add(row0, residual(x * ratio, y, vector), valid)
-        y[np.all(amplified(x) >= hi, axis=2)] = 1.0
+    def write_clean(row0: int, y: np.ndarray) -> None:
         clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
         now = max(0, min(keep_from - row0, clean.shape[0]))
         if now:
             unpack_rows_into(target, clean[:now], layout, row0)
         if now < clean.shape[0]:
             kept.append((row0 + now, clean[now:]))
+
+    block = network.card.mean_block
+    correction = CorrectionStream((h, w, channels), block, write_clean) if block else None
+
+    def take_slice(row0: int, rows: np.ndarray) -> None:
+        index = np.arange(row0, row0 + rows.shape[0])
+        y = np.clip(rows, 0.0, 1.0)
+        x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
+        x *= ratio
+        # Photosites clipped in every channel are blown highlights: make them exactly white so
+        # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
+        blown = np.all(np.minimum(x, 1.0) >= hi, axis=2, keepdims=True)
+        if correction is None:
+            y[blown[..., 0]] = 1.0
+            write_clean(row0, y)
+            return
+        assert vector is not None
+        res = residual(x, y, vector)
+        y[blown[..., 0]] = 1.0
+        correction.push(row0, y, res, (x < SATURATED * ratio) & ~blown)
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -260,40 +266,13 @@ def denoise(
         progress=progress,
         last_fn=run_last,
     )
+    if correction is not None:
+        correction.close()
     for row0, clean in kept:
         unpack_rows_into(target, clean, layout, row0)
     band.clear()
-    if means is not None:
-        _apply_mean_correction(target, means, raw)
     t["inference"] = time.perf_counter() - start
     return target, decision
-
-
-def _apply_mean_correction(target: np.ndarray, means: BlockMeans, raw: RawFile) -> None:
-    """Add the correction of ``means`` (:mod:`sidraw.mean_correction`) to the clean (H, W)
-    uint16 mosaic ``target``, a few packed rows at a time, in DN (the correction times each
-    channel's white - black); values stay within black..white, blown highlights stay white."""
-    info = raw.info
-    layout = info.layout
-    t = layout.types
-    white = np.float32(info.white)
-    levels = layout.channel_map(np.asarray(info.black, dtype=np.float32))  # (t, t, C)
-    grid = means.grid()
-    for row0 in range(0, means.shape[0], TAKE_ROWS):
-        index = np.arange(row0, min(row0 + TAKE_ROWS, means.shape[0]))
-        dn = pack_rows(target, layout, index).astype(np.float32)
-        blown = np.all(dn >= white, axis=2, keepdims=True)
-        field = means.field_rows(grid, index)
-        row_levels = levels[index % t]  # (n, t, C)
-        for tj in range(t):
-            lv = row_levels[:, None, tj]
-            view = dn[:, tj::t]
-            view += field[:, tj::t] * (white - lv)
-            np.maximum(view, lv, out=view)
-        np.minimum(dn, white, out=dn)
-        dn[np.broadcast_to(blown, dn.shape)] = white
-        np.rint(dn, out=dn)
-        unpack_rows_into(target, dn.astype(np.uint16), layout, row0)
 
 
 def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sidraw.mean_correction import CLIP_SIGMAS, BlockMeans, correct, residual
+from sidraw.mean_correction import CLIP_SIGMAS, BlockMeans, CorrectionStream, correct, residual
 from sidraw.model import ModelCache
 from sidraw.mosaic import normalise_packed, pack
 from sidraw.noise_estimate import noise_vector
@@ -91,17 +91,72 @@ def test_rows_added_in_bands_give_the_same_means() -> None:
         banded.add(r0, res[r0 : r0 + 7], valid[r0 : r0 + 7])
     np.testing.assert_allclose(banded.sums, whole.sums, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(banded.counts, whole.counts)
-    grid = whole.grid()
-    np.testing.assert_allclose(
-        whole.field_rows(grid, np.arange(30, 45)),
-        whole.field_rows(grid, np.arange(100))[30:45],
-    )
 
 
-def test_a_constant_residual_is_a_constant_field() -> None:
-    means = BlockMeans.empty((50, 90, 4), 16)
-    means.add(0, np.full((50, 90, 4), 0.25, np.float32), np.ones((50, 90, 4), bool))
-    np.testing.assert_allclose(means.field_rows(means.grid(), np.arange(50)), 0.25, rtol=1e-6)
+def test_streamed_rows_get_the_whole_frame_correction() -> None:
+    rng = np.random.default_rng(2)
+    clean = np.clip(rng.uniform(0.1, 0.9, (13, 11, 4)).repeat(8, 0).repeat(8, 1)[:101, :83],
+                    0, 1).astype(np.float32)
+    noisy = _noisy(clean, seed=5)
+    out = np.clip(clean * 0.9, 0, 1)
+    want = correct(out, noisy, noisy, NOISE, 8)
+    got: list[tuple[int, np.ndarray]] = []
+    stream = CorrectionStream(out.shape, 8, lambda r0, rows: got.append((r0, rows.copy())))
+    res = residual(noisy, out, NOISE)
+    valid = noisy < 0.98
+    row = 0
+    for n in (5, 1, 17, 32, 9, 30, 7):  # uneven slices, as tiles hand rows over
+        stream.push(row, out[row : row + n], res[row : row + n], valid[row : row + n])
+        row += n
+        # Held back: about three blocks, never the whole frame.
+        assert row - sum(r.shape[0] for _, r in got) <= 3 * 8 + n
+    stream.close()
+    assert [r0 for r0, _ in got] == list(np.cumsum([0] + [r.shape[0] for _, r in got])[:-1])
+    np.testing.assert_allclose(np.concatenate([r for _, r in got]), want, atol=1e-6)
+    with pytest.raises(ValueError, match="order"):
+        stream.push(3, out[:2], res[:2], valid[:2])
+
+
+def _reference(out: np.ndarray, res: np.ndarray, valid: np.ndarray, b: int) -> np.ndarray:
+    """The correction written plainly: 3 x 3 block sums, then bilinear between centres."""
+    h, w, c = out.shape
+    hb, wb = -(-h // b), -(-w // b)
+    sums, counts = np.zeros((hb, wb, c)), np.zeros((hb, wb, c))
+    for i in range(h):
+        for j in range(w):
+            sums[i // b, j // b] += np.where(valid[i, j], res[i, j], 0)
+            counts[i // b, j // b] += valid[i, j]
+    pad = [(1, 1), (1, 1), (0, 0)]
+    s3 = sum(np.pad(sums, pad, mode="edge")[di : di + hb, dj : dj + wb]
+             for di in range(3) for dj in range(3))
+    n3 = sum(np.pad(counts, pad, mode="edge")[di : di + hb, dj : dj + wb]
+             for di in range(3) for dj in range(3))
+    means = s3 / np.maximum(n3, 1)
+    ty = np.clip((np.arange(h) + 0.5) / b - 0.5, 0, hb - 1)
+    tx = np.clip((np.arange(w) + 0.5) / b - 0.5, 0, wb - 1)
+    y0, x0 = np.floor(ty).astype(int), np.floor(tx).astype(int)
+    y1, x1 = np.minimum(y0 + 1, hb - 1), np.minimum(x0 + 1, wb - 1)
+    fy, fx = (ty - y0)[:, None, None], (tx - x0)[None, :, None]
+    field = ((1 - fy) * ((1 - fx) * means[y0][:, x0] + fx * means[y0][:, x1])
+             + fy * ((1 - fx) * means[y1][:, x0] + fx * means[y1][:, x1]))
+    return np.clip(out + field, 0, 1)
+
+
+def test_the_correction_is_block_means_smoothed_and_interpolated() -> None:
+    rng = np.random.default_rng(8)
+    out = rng.uniform(0.2, 0.8, (37, 45, 4)).astype(np.float32)
+    amp = (out + rng.normal(0.02, 0.05, out.shape)).astype(np.float32)
+    valid = rng.random(out.shape) > 0.1
+    norm = np.where(valid, amp / 10, 1.0).astype(np.float32)  # invalid ones "at white"
+    got = correct(out, amp, norm, NOISE, 8)
+    np.testing.assert_allclose(got, _reference(out, residual(amp, out, NOISE), valid, 8),
+                               atol=1e-5)
+
+
+def test_a_constant_residual_is_a_constant_correction() -> None:
+    out = np.full((50, 90, 4), 0.5, np.float32)
+    fixed = correct(out, out + 0.01, out / 100, NOISE, 16)
+    np.testing.assert_allclose(fixed, 0.51, rtol=1e-6)
 
 
 def test_residual_is_limited_in_noise_sigmas() -> None:
