@@ -46,14 +46,15 @@ def _network(cfa: str) -> Network:
 
 
 def _denoise(net: Network, pair: Pair) -> np.ndarray:
-    """The convert-time tiled inference on a pair's input, with its fitted noise, and the
-    card's mean correction."""
+    """The convert-time tiled inference on a pair's input, with its fitted noise, blown
+    highlights made white and the card's mean correction."""
     vec = pair.noise_vector()[None]
     out = run_tiled(
         pair.noisy, lambda b: net(b, noise=vec), overlap=net.card.overlap,
         multiple=net.card.downsample,
     )
     out = np.clip(out, 0.0, 1.0)
+    out[np.all(pair.noisy >= net.card.input_clip[1], axis=2)] = 1.0  # blown, as convert does
     if net.card.mean_block:
         x = pair.normalised()
         out = correct(out, x * np.float32(pair.ratio), x, vec, net.card.mean_block)

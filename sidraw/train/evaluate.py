@@ -241,10 +241,12 @@ class OnnxModel:
         return np.clip(y, 0.0, 1.0)
 
     def on_pair(self, pair: Pair) -> np.ndarray:
-        """The model on a pair's input, told the pair's fitted noise times ``noise_scale``, then
-        mean-corrected as ``sidraw convert`` does when the card asks for it."""
+        """The model on a pair's input, told the pair's fitted noise times ``noise_scale``, with
+        blown highlights made white and the card's mean correction, as ``sidraw convert`` does."""
         vector = pair.noise_vector(self.noise_scale)
         out = self(pair.noisy, vector)
+        # As convert does: photosites clipped in every channel are blown highlights, made white.
+        out[np.all(pair.noisy >= 1.0, axis=2)] = 1.0
         if not self.mean_block:
             return out
         x = pair.normalised()
