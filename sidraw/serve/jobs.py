@@ -25,7 +25,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -332,11 +332,6 @@ class JobQueue:
     def _forget(self, job: Job) -> None:
         _remove(job.folder)
         self._jobs.pop(job.id, None)
-
-    def jobs(self) -> Iterator[Job]:
-        """Every job known now (a copy of the list)."""
-        with self._cond:
-            return iter(list(self._jobs.values()))
 
 
 def _has_result(job: Job) -> bool:
