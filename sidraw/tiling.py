@@ -312,16 +312,19 @@ def tiling_error(
     multiple: int = 16,
     size: tuple[int, int] | None = None,
     seed: int = 0,
+    image: np.ndarray | None = None,
 ) -> float:
-    """Max relative error of tiled against whole-image inference on a random smooth input.
+    """Max relative error of tiled against whole-image inference on ``image`` (h, w, C), by
+    default a random input of flat 8-pixel squares plus noise.
 
     The error is ``max |tiled - whole| / max |whole|`` over all pixels and channels.
     """
-    rng = np.random.default_rng(seed)
-    h, w = size or (tile + tile // 2 + 8, 2 * tile - 24)
-    coarse = rng.uniform(0.0, 1.0, (h // 8 + 2, w // 8 + 2, channels)).astype(np.float32)
-    image = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w]
-    image += rng.normal(0.0, 0.1, image.shape).astype(np.float32)
+    if image is None:
+        rng = np.random.default_rng(seed)
+        h, w = size or (tile + tile // 2 + 8, 2 * tile - 24)
+        coarse = rng.uniform(0.0, 1.0, (h // 8 + 2, w // 8 + 2, channels)).astype(np.float32)
+        image = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:h, :w]
+        image += rng.normal(0.0, 0.1, image.shape).astype(np.float32)
     margin = default_margin(overlap, multiple)
     tiled = run_tiled(image, fn, tile=tile, overlap=overlap, multiple=multiple, margin=margin)
     whole = run_whole(image, fn, multiple=multiple, margin=margin)
@@ -336,9 +339,11 @@ def measure_overlap(
     multiple: int = 16,
     tolerance: float = 1e-3,
     minimum: int = 48,
+    image: np.ndarray | None = None,
 ) -> int:
     """Smallest overlap (a multiple of ``multiple``, at least ``minimum``) at which tiled
-    inference matches whole-image inference within ``tolerance`` (see :func:`tiling_error`).
+    inference matches whole-image inference within ``tolerance`` (see :func:`tiling_error`;
+    ``image``: the input to measure on, default its random one).
 
     Model export stores it in the model card as the network's default overlap: it reflects the
     network's effective receptive field, which training usually makes much smaller than the
@@ -349,7 +354,9 @@ def measure_overlap(
         return tile // 2
 
     def good(overlap: int) -> bool:
-        error = tiling_error(fn, channels, tile=tile, overlap=overlap, multiple=multiple)
+        error = tiling_error(
+            fn, channels, tile=tile, overlap=overlap, multiple=multiple, image=image
+        )
         return error <= tolerance
 
     # The error falls as the overlap grows: bisect for the first candidate within tolerance.

@@ -140,26 +140,32 @@ def export_onnx(model: UNet, path: str | Path, float16_weights: bool = True) -> 
     return diff
 
 
-def measure_tile_overlap(path: str | Path, channels: int) -> int | None:
+def measure_tile_overlap(path: str | Path, cfa: str) -> int | None:
     """Default tile overlap (packed pixels) at which tiled inference matches whole-image
-    inference, measured with the inference code's :func:`sidraw.tiling.measure_overlap`
-    (a noise-conditioned model at the noise of an x300 capture, where it looks furthest)."""
+    inference within ``OVERLAP_TOLERANCE`` on :func:`sidraw.train.seams.overlap_frame` (an x300
+    capture, where the network looks furthest), measured with the inference code's
+    :func:`sidraw.tiling.measure_overlap`."""
     import onnxruntime as ort
 
     try:
         from ..tiling import measure_overlap
     except ImportError:  # inference side not present
         return None
+    from .seams import OVERLAP_TOLERANCE, overlap_frame
+
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
+    image, noise = overlap_frame(cfa)
 
     def fn(batch: np.ndarray) -> np.ndarray:
         feeds = {"input": batch.astype(np.float32)}
         if NOISE_INPUT in names:
-            feeds[NOISE_INPUT] = np.array([[0.1, 0.005]], dtype=np.float32)
+            feeds[NOISE_INPUT] = noise
         return sess.run(["output"], feeds)[0]
 
-    return int(measure_overlap(fn, channels))
+    return int(
+        measure_overlap(fn, image.shape[2], tolerance=OVERLAP_TOLERANCE, image=image)
+    )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / f"{a.name}.onnx"
     diff = export_onnx(model, onnx_path)
-    overlap = measure_tile_overlap(onnx_path, model.config.channels)
+    overlap = measure_tile_overlap(onnx_path, cfg.cfa)
     validation = json.loads(Path(a.eval).read_text()) if a.eval else None
     speeds = []
     for s in a.speed:
