@@ -789,7 +789,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="cpu",
         help="sidraw --device for every sidraw case and the convolution throughput (default cpu)",
     )
-    parser.add_argument("--tile", type=int, default=512, help="tile size in packed pixels")
+    parser.add_argument(
+        "--tile", type=int, default=0, help="tile size in packed pixels (0: the model card's)"
+    )
     parser.add_argument(
         "--frames",
         nargs="+",
@@ -863,7 +865,9 @@ def main(argv: list[str] | None = None) -> int:
             cases = sidraw_cases(frame, src, model, out, args)
             cases += peer_cases(frame, src, out, args.cache, notes, not args.no_peers)
             run_cases(frame, cases, args.reps, args.timeout)
-            results[frame.key] = frame_result(frame, model, cases, convs, args.tile)
+            results[frame.key] = frame_result(
+                frame, model, cases, convs, args.tile or model.card.tile
+            )
             results[frame.key]["sample"] = str(src)
     finally:
         if not args.keep:

@@ -2,7 +2,7 @@
 prints one JSON line with what it measured.
 
     python bench/worker.py stages  --src F.dng --dst F.tif --cfa bayer [--model M] [--threads N]
-    python bench/worker.py network --src F.dng --cfa bayer [--model M] [--threads N] [--tile 512]
+    python bench/worker.py network --src F.dng --cfa bayer [--model M] [--threads N] [--tile N]
     python bench/worker.py conv    [--threads N] [--size 512] [--channels 64] [--reps 5]
                                    [--precision fp32|int8|fp16] [--device cpu|cuda]
     python bench/worker.py rawpy   --src F.dng --dst F.tif
@@ -91,7 +91,7 @@ def cmd_stages(args: argparse.Namespace) -> None:
             last_tile[0] = time.perf_counter()
 
     cache = ModelCache(args.model or None, args.device, args.threads, args.precision)
-    options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile, overwrite=True)
+    options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile or None, overwrite=True)
     sampler = RssSampler()
     sampler.start()
     result = sidraw.convert_file(args.src, args.dst, options, models=cache, progress=progress)
@@ -126,6 +126,8 @@ def cmd_network(args: argparse.Namespace) -> None:
     from sidraw.exposure import amplify
     from sidraw.model import Network, card_for
     from sidraw.mosaic import normalise_packed, pack
+    from sidraw.noise_estimate import noise_vector
+    from sidraw.pipeline import estimate_file_noise
     from sidraw.raw import open_raw
 
     card = card_for(args.cfa, args.model or None)
@@ -133,11 +135,13 @@ def cmd_network(args: argparse.Namespace) -> None:
     with open_raw(args.src) as raw:
         info = raw.info
         photosites = pack(raw.mosaic, info.layout)
+        # Noise-conditioned models are told the frame's noise, as convert tells them.
+        noise = noise_vector(estimate_file_noise(raw).estimate, args.ratio)
         packed = normalise_packed(photosites, info.layout, info.black, info.white)
     x = amplify(packed, args.ratio, out=packed)
     np.clip(x, *card.input_clip, out=x)  # as sidraw's denoise() does
     h, w, c = x.shape
-    t = args.tile
+    t = args.tile or card.tile
     ny, nx = math.ceil(h / t), math.ceil(w / t)
     padded = np.pad(x, ((0, ny * t - h), (0, nx * t - w), (0, 0)), mode="reflect")
     batches = [
@@ -146,11 +150,11 @@ def cmd_network(args: argparse.Namespace) -> None:
         for x0 in range(0, nx * t, t)
     ]
     start = time.perf_counter()
-    network(batches[0])
+    network(batches[0], noise=noise)
     first = time.perf_counter() - start
     start = time.perf_counter()
     for batch in batches:
-        network(batch)
+        network(batch, noise=noise)
     seconds = time.perf_counter() - start
     n = len(batches)
     _emit(
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
     p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
     p.add_argument("--ratio", type=float, default=100.0)
-    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the model card's)")
     p.add_argument("--threads", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
     p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
     p.add_argument("--ratio", type=float, default=100.0)
-    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the model card's)")
     p.add_argument("--threads", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -37,7 +37,6 @@ from .pipeline import (
     prepare_file,
 )
 from .report import Reporter, json_text, shown
-from .tiling import DEFAULT_TILE
 
 app = typer.Typer(
     name="sidraw",
@@ -98,7 +97,7 @@ def convert(
     device: opt.Device = opt.DeviceChoice.auto,
     threads: opt.Threads = None,
     precision: opt.PrecisionOpt = opt.PrecisionChoice.auto,
-    tile: opt.Tile = DEFAULT_TILE,
+    tile: opt.Tile = None,
     overlap: opt.Overlap = None,
     serial: opt.Serial = False,
     overwrite: opt.Overwrite = False,

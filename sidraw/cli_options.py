@@ -179,7 +179,9 @@ PrecisionOpt = Annotated[
     ),
 ]
 Tile = Annotated[
-    int, option("--tile", help="Tile size in packed pixels.", panel=PANEL_MODEL, metavar="N")
+    int | None,
+    option("--tile", help="Tile size in packed pixels (default: model's).", panel=PANEL_MODEL,
+           metavar="N"),
 ]
 Overlap = Annotated[
     int | None,
@@ -235,7 +237,7 @@ class ConvertArgs:
     device: DeviceChoice
     threads: int | None
     precision: PrecisionChoice
-    tile: int
+    tile: int | None
     overlap: int | None
     serial: bool
     overwrite: bool
@@ -272,10 +274,12 @@ def convert_options(args: ConvertArgs, fmt: str) -> ConvertOptions:
         raise UsageError("--max-ratio must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
-    if args.tile < 64 or args.tile % 16:
+    if args.tile is not None and (args.tile < 64 or args.tile % 16):
         raise UsageError("--tile must be a multiple of 16, at least 64")
     if args.overlap is not None and (
-        args.overlap < 0 or args.overlap % 16 or args.overlap >= args.tile
+        args.overlap < 0
+        or args.overlap % 16
+        or (args.tile is not None and args.overlap >= args.tile)
     ):
         raise UsageError("--overlap must be a multiple of 16 and smaller than --tile")
     return ConvertOptions(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
+from .tiling import DEFAULT_TILE
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "int8", "fp16"]
@@ -52,6 +53,8 @@ class ModelCard:
         input_name, output_name: ONNX tensor names.
         overlap: default tile overlap in packed pixels, measured on the network at export time
             (:func:`sidraw.tiling.measure_overlap`).
+        tile: default tile size in packed pixels (larger for a larger overlap, so that fewer
+            pixels are computed twice).
         variants: other precisions of the same network, e.g. ``{"int8": {"file": ...,
             "sha256": ..., "psnr_drop_db": 0.03}}`` (:mod:`sidraw.quantize`).
         input_clip: (lo, hi) clip of the amplified input.
@@ -73,6 +76,7 @@ class ModelCard:
     output_name: str = "output"
     input_clip: tuple[float, float] = (-1.0, 1.0)
     overlap: int = 64
+    tile: int = DEFAULT_TILE
     noise_input: str | None = None
     mean_block: int = 0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
@@ -110,6 +114,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             output_name=str(data.get("output_name", "output")),
             input_clip=(clip[0], clip[1]),
             overlap=int(data.get("overlap", 64)),
+            tile=int(data.get("tile", DEFAULT_TILE)),
             noise_input=str(data["noise_input"]) if data.get("noise_input") else None,
             mean_block=int(data.get("mean_correction", {}).get("block", 0)),
             variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
@@ -123,6 +128,8 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
         raise ModelError(f"model card channel order {channels} is not sidraw's {cfa} order", path)
     if card.downsample < 1 or card.downsample & (card.downsample - 1):
         raise ModelError("model card downsample must be a power of two", path)
+    if card.tile < 64 or card.tile % card.downsample or not 0 <= card.overlap < card.tile:
+        raise ModelError("model card tile must be a multiple of downsample, above overlap", path)
     if card.mean_block < 0:
         raise ModelError("model card mean_correction block must be at least 0", path)
     return card

@@ -24,7 +24,7 @@ from .calibration import CheckedNoise, calibration_for, check_estimate
 from .color import Encoding, encoding_for, icc_profile
 from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
-from .errors import CorruptFileError, MetadataError, OutputError
+from .errors import CorruptFileError, MetadataError, ModelError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
 from .mean_correction import SATURATED, CorrectionStream, residual
 from .model import Device, ModelCache, Network, choose_file
@@ -41,7 +41,7 @@ from .render import (
     render,
     render_strips,
 )
-from .tiling import DEFAULT_TILE, run_tiled_stream, stream_reread_start
+from .tiling import run_tiled_stream, stream_reread_start
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
 TAKE_ROWS = 32
@@ -66,7 +66,8 @@ class ConvertOptions:
             :data:`sidraw.render.DEMOSAICS`).
         strip_gps: leave GPS tags out of the output.
         preview: also write a small before/after JPEG next to the output.
-        tile, overlap: tiling in packed pixels (overlap None: the model card's measured one).
+        tile, overlap: tiling in packed pixels (None: the model card's; its overlap is measured
+            at export, its tile chosen for that overlap).
         overwrite: replace existing outputs.
     """
 
@@ -79,7 +80,7 @@ class ConvertOptions:
     demosaic: Demosaic = DEFAULT_DEMOSAIC
     strip_gps: bool = False
     preview: bool = False
-    tile: int = DEFAULT_TILE
+    tile: int | None = None
     overlap: int | None = None
     overwrite: bool = False
 
@@ -209,8 +210,10 @@ def denoise(
     def run_last(batch: np.ndarray) -> np.ndarray:
         return network.release_after(batch, model_noise)
 
-    tile = options.tile
+    tile = options.tile if options.tile is not None else network.card.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
+    if overlap >= tile:
+        raise ModelError(f"tile overlap {overlap} is not smaller than the tile {tile}", info.path)
     multiple = network.card.downsample
     # Rows are handed over when no later tile row reads them, except the bottom rows that the
     # last tile row reflects (and the bottom padding of the CFA blocks, one period up): those

@@ -108,7 +108,7 @@ def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
     overlap: int | None = None, notes: str | None = None, previous: dict | None = None,
-    mean_block: int = 0,
+    mean_block: int = 0, tile: int | None = None,
 ) -> dict[str, object]:
     """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured;
     ``mean_block``: block edge of the output's mean correction, 0 for none;
@@ -136,6 +136,7 @@ def build_card(
         **({"noise_input": "noise"} if ucfg.noise_map else {}),
         "normalisation": NORMALISATION,
         **({"overlap": overlap} if overlap is not None else {}),
+        **({"tile": tile} if tile is not None else {}),
         **({"mean_correction": mean_correction_description(mean_block)} if mean_block else {}),
         "architecture": {
             "type": "U-Net (Chen et al. 2018, SID), packed raw in / packed raw out",
@@ -269,6 +270,12 @@ def markdown_card(card: dict) -> str:
         f"`{card['normalisation']['input']}`.",
         f"- Output `{card['output_name']}` (N, C, h, w) float32: the clean "
         f"`{card['normalisation']['output']}`, clipped to [0, 1] at inference.",
+        *(
+            [f"- Tiles: {card.get('tile', 512)} packed pixels, overlap {card['overlap']} "
+             "(the smallest at which tiled inference matches the whole frame within 2e-3 on a "
+             "dead-leaves x300 frame, `sidraw.train.seams`)."]
+            if "overlap" in card else []
+        ),
         "",
         "## Training data",
         "",
@@ -370,12 +377,12 @@ def write_cards(
     out: Path, name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig,
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
     history: str | None = None, overlap: int | None = None, notes: str | None = None,
-    previous: dict | None = None, mean_block: int = 0,
+    previous: dict | None = None, mean_block: int = 0, tile: int | None = None,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
         name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
-        overlap, notes, previous, mean_block,
+        overlap, notes, previous, mean_block, tile,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))
