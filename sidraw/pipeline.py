@@ -204,6 +204,7 @@ def denoise(
         fitted = noise if noise is not None else estimate_file_noise(raw).estimate
         vector = noise_vector(fitted, float(ratio))
     model_noise = vector if network.card.noise_input is not None else None
+
     def run(batch: np.ndarray) -> np.ndarray:
         return network(batch, noise=model_noise)
 

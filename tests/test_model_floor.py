@@ -17,11 +17,10 @@ import pytest
 
 pytest.importorskip("scipy")
 
-from sidraw.mean_correction import correct
 from sidraw.model import Network, card_for
 from sidraw.tiling import run_tiled
 from sidraw.train.noise import a7s2_params
-from sidraw.train.pairs import Pair, make_pair
+from sidraw.train.pairs import Pair, finish_like_convert, make_pair
 
 CFAS = ("bayer", "xtrans")
 
@@ -53,12 +52,9 @@ def _denoise(net: Network, pair: Pair) -> np.ndarray:
         pair.noisy, lambda b: net(b, noise=vec), overlap=net.card.overlap,
         multiple=net.card.downsample,
     )
-    out = np.clip(out, 0.0, 1.0)
-    out[np.all(pair.noisy >= net.card.input_clip[1], axis=2)] = 1.0  # blown, as convert does
-    if net.card.mean_block:
-        x = pair.normalised()
-        out = correct(out, x * np.float32(pair.ratio), x, vec, net.card.mean_block)
-    return out
+    return finish_like_convert(
+        np.clip(out, 0.0, 1.0), pair, vec, net.card.mean_block, net.card.input_clip[1]
+    )
 
 
 def _textured_scene(h: int, w: int) -> np.ndarray:

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..mean_correction import correct
+from ..model import load_card
 from ..mosaic import Layout, denormalise_packed, pack, unpack
 from . import data as data_mod
 from .noise import NoiseParams, a7s2_params, sample_params
-from .pairs import Pair, make_pair
+from .pairs import Pair, finish_like_convert, make_pair
 from .unet import DOWNSAMPLE
 from .unprocess import layout_for
 
@@ -244,21 +244,13 @@ class OnnxModel:
         """The model on a pair's input, told the pair's fitted noise times ``noise_scale``, with
         blown highlights made white and the card's mean correction, as ``sidraw convert`` does."""
         vector = pair.noise_vector(self.noise_scale)
-        out = self(pair.noisy, vector)
-        # As convert does: photosites clipped in every channel are blown highlights, made white.
-        out[np.all(pair.noisy >= 1.0, axis=2)] = 1.0
-        if not self.mean_block:
-            return out
-        x = pair.normalised()
-        return correct(out, x * np.float32(pair.ratio), x, vector, self.mean_block)
+        return finish_like_convert(self(pair.noisy, vector), pair, vector, self.mean_block)
 
 
 def card_mean_block(onnx_path: str | Path) -> int:
-    """The mean-correction block of the JSON card beside an ONNX file (0 without one)."""
+    """The mean-correction block of the model card beside an ONNX file (0 without one)."""
     card = Path(onnx_path).with_suffix(".json")
-    if not card.exists():
-        return 0
-    return int(json.loads(card.read_text()).get("mean_correction", {}).get("block", 0))
+    return load_card(card).mean_block if card.exists() else 0
 
 
 # --- rendering and metrics -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..mean_correction import correct
 from ..mosaic import Layout, normalise_packed, pack
 from ..noise_estimate import NoiseEstimate, estimate_noise, noise_vector
 from .noise import NoiseParams, add_noise, sample_params, sample_ratio
@@ -155,3 +156,16 @@ def training_pair(
     clean = np.ascontiguousarray(pair.clean[sl].transpose(2, 0, 1))
     scale = math.exp(rng.normal(0.0, ESTIMATE_JITTER)) if rng.random() < 0.5 else 1.0
     return noisy, clean, pair.noise_vector(scale)
+
+
+def finish_like_convert(
+    out: np.ndarray, pair: Pair, noise: np.ndarray, mean_block: int, hi: float = 1.0
+) -> np.ndarray:
+    """What ``sidraw convert`` does to the network's (h, w, C) output, clipped to 0..1, of a
+    pair: photosites at the input clip ``hi`` in every channel are blown highlights, made white;
+    then the mean correction of ``mean_block`` (0: none) with the model's ``noise`` input."""
+    out[np.all(pair.noisy >= min(hi, 1.0), axis=2)] = 1.0
+    if not mean_block:
+        return out
+    x = pair.normalised()
+    return correct(out, x * np.float32(pair.ratio), x, noise, mean_block)
