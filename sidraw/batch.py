@@ -353,19 +353,24 @@ def run_jobs(
             emit(future.result())
 
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt() as interrupt:
             for job in jobs:
+                interrupt.check()
                 folder = job.dst.parent
                 if folder not in cleaned:
                     cleaned.add(folder)
                     cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
                     cleanup_stale_claims(folder)
-                claim, early = begin_job(job, overwrite=overwrite, since=since, claims=claims)
+                with interrupt.held():
+                    claim, early = begin_job(
+                        job, overwrite=overwrite, since=since, claims=claims
+                    )
+                    if early is None:
+                        held[job] = claim
                 if early is not None:
                     collect()
                     emit(early)
                     continue
-                held[job] = claim
                 outcome = attempt(job, convert, job)
                 if pool is not None and finish is not None and outcome.status == "ok":
                     try:
@@ -378,6 +383,7 @@ def run_jobs(
                 collect()
                 emit(outcome)
             collect()
+            interrupt.check()
     except BaseException:
         # Interrupted: let the file being written complete (its output is whole), report it.
         if pending is not None:
@@ -399,31 +405,71 @@ def _close(intermediate: object) -> None:
         close()
 
 
+@dataclass
+class Interrupt:
+    """The name of the signal that stopped a batch, or None.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to be when the signal
+    arrives; inside a finaliser (``__del__``, a weakref callback) the exception is only printed
+    and the batch would go on. The batch loop calls :meth:`check` between files, so a signal is
+    never lost.
+    """
+
+    received: str | None = None
+    holding: bool = False
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` when a signal has been received."""
+        if self.received is not None:
+            raise KeyboardInterrupt(self.received)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a signal back until the block ends (then raise it), for steps that must not
+        stop half-way: a claim created but not yet written or not yet recorded for release
+        would outlive the batch and make a re-run skip its file."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        self.check()
+
+
 @contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[Interrupt]:
     """Make SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, like Ctrl-C.
 
     Their default action kills the process without unwinding, which would leave temporary files
     behind; as ``KeyboardInterrupt`` they run every ``finally`` (the CLI exits with 130). Further
-    signals of the same kind are ignored while the interrupted batch cleans up. Handlers that are
-    not the default are left alone; the old handlers are restored on exit. Outside the main
-    thread (where Python cannot set handlers) this does nothing.
+    signals of the same kind are ignored while the interrupted batch cleans up; a second Ctrl-C
+    still raises, as usual. Every one of these signals is also recorded in the :class:`Interrupt`
+    yielded, which can hold them back (:meth:`Interrupt.held`). Handlers that are not the
+    default are left alone; the old handlers are restored on exit. Outside the main thread
+    (where Python cannot set handlers) this only yields.
     """
+    interrupt = Interrupt()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupt
         return
 
     def handler(signum: int, frame: object) -> None:
-        signal.signal(signum, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        interrupt.received = signal.Signals(signum).name
+        if signum != signal.SIGINT:
+            signal.signal(signum, signal.SIG_IGN)
+        if not interrupt.holding:
+            raise KeyboardInterrupt(interrupt.received)
 
     saved = {}
-    for name in ("SIGTERM", "SIGHUP"):
+    for name, default in (
+        ("SIGINT", signal.default_int_handler), ("SIGTERM", signal.SIG_DFL),
+        ("SIGHUP", signal.SIG_DFL),
+    ):
         sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+        if sig is not None and signal.getsignal(sig) == default:
             saved[sig] = signal.signal(sig, handler)
     try:
-        yield
+        yield interrupt
     finally:
         for sig, old in saved.items():
             signal.signal(sig, old)

@@ -235,3 +235,34 @@ def test_run_jobs_unwinds_on_sigterm(tmp_path: Path) -> None:
         run_jobs(jobs, convert)
     assert seen == cleaned == jobs[:1]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_swallowed_interrupt_still_stops_the_batch(tmp_path: Path, sig: signal.Signals) -> None:
+    """Python only prints a KeyboardInterrupt raised inside a finaliser; the batch must stop at
+    the next file all the same."""
+    jobs = [Job(tmp_path / f"{k}.dng", tmp_path / "out" / f"{k}.tif") for k in range(3)]
+    seen = []
+
+    def convert(job: Job) -> None:
+        seen.append(job)
+        with contextlib.suppress(KeyboardInterrupt):  # what a finaliser does to it
+            os.kill(os.getpid(), sig)
+            time.sleep(5)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, convert)
+    assert seen == jobs[:1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_held_interrupt_waits_for_the_end_of_the_step() -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt() as interrupt:
+        with interrupt.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # not interrupted
+            done.append("step")
+        done.append("after")  # not reached: the held signal is raised when the step ends
+    assert done == ["step"]
