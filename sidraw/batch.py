@@ -361,7 +361,7 @@ def run_jobs(
                     cleaned.add(folder)
                     cleanup_temporaries(folder, min_age=STALE_TMP_SECONDS)
                     cleanup_stale_claims(folder)
-                with interrupt.held():
+                with interrupt.deferred():
                     claim, early = begin_job(
                         job, overwrite=overwrite, since=since, claims=claims
                     )
@@ -416,7 +416,7 @@ class Interrupt:
     """
 
     received: str | None = None
-    holding: bool = False
+    deferring: bool = False
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt`` when a signal has been received."""
@@ -424,15 +424,15 @@ class Interrupt:
             raise KeyboardInterrupt(self.received)
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def deferred(self) -> Iterator[None]:
         """Hold a signal back until the block ends (then raise it), for steps that must not
         stop half-way: a claim created but not yet written or not yet recorded for release
         would outlive the batch and make a re-run skip its file."""
-        self.holding = True
+        self.deferring = True
         try:
             yield
         finally:
-            self.holding = False
+            self.deferring = False
         self.check()
 
 
@@ -444,7 +444,7 @@ def terminate_as_interrupt() -> Iterator[Interrupt]:
     behind; as ``KeyboardInterrupt`` they run every ``finally`` (the CLI exits with 130). Further
     signals of the same kind are ignored while the interrupted batch cleans up; a second Ctrl-C
     still raises, as usual. Every one of these signals is also recorded in the :class:`Interrupt`
-    yielded, which can hold them back (:meth:`Interrupt.held`). Handlers that are not the
+    yielded, which can hold them back (:meth:`Interrupt.deferred`). Handlers that are not the
     default are left alone; the old handlers are restored on exit. Outside the main thread
     (where Python cannot set handlers) this only yields.
     """
@@ -457,7 +457,7 @@ def terminate_as_interrupt() -> Iterator[Interrupt]:
         interrupt.received = signal.Signals(signum).name
         if signum != signal.SIGINT:
             signal.signal(signum, signal.SIG_IGN)
-        if not interrupt.holding:
+        if not interrupt.deferring:
             raise KeyboardInterrupt(interrupt.received)
 
     saved = {}

@@ -257,12 +257,12 @@ def test_a_swallowed_interrupt_still_stops_the_batch(tmp_path: Path, sig: signal
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_a_held_interrupt_waits_for_the_end_of_the_step() -> None:
+def test_a_deferred_interrupt_waits_for_the_end_of_the_step() -> None:
     done = []
     with pytest.raises(KeyboardInterrupt), terminate_as_interrupt() as interrupt:
-        with interrupt.held():
+        with interrupt.deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)  # not interrupted
             done.append("step")
-        done.append("after")  # not reached: the held signal is raised when the step ends
+        done.append("after")  # not reached: the deferred signal is raised when the step ends
     assert done == ["step"]
