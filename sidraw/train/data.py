@@ -193,3 +193,36 @@ def dead_leaves(size: int, rng: np.random.Generator, discs: int = 120) -> np.nda
     gy, gx = rng.uniform(-0.15, 0.15, 2)
     shade = 1 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5)
     return np.clip(img * shade[..., None], 0.0, 1.0).astype(np.float32)
+
+
+#: Share of training crops replaced by a fine periodic pattern (see :func:`fine_grating`).
+GRATING_PROBABILITY = 0.1
+
+
+def fine_grating(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Fine periodic structure near the mosaic's Nyquist limit: window grids, fabric, fences.
+
+    A denoiser that has seen few of them takes their aliased, moiré-like packed planes for noise
+    and smooths them away, losing to plain amplification on such scenes even at low noise. Each
+    image is one or two crossed square-ish waves (period 2.2 to 9 mosaic pixels, any angle and
+    duty cycle, softened edges) between two random colours, under a gentle shading gradient.
+
+    Returns:
+        (size, size, 3) float32 sRGB 0..1.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    wave = np.zeros((size, size), np.float32)
+    waves = 1 if rng.random() < 0.5 else 2
+    for _ in range(waves):
+        period = float(np.exp(rng.uniform(np.log(2.2), np.log(9.0))))
+        angle = rng.uniform(0, np.pi)
+        phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 1)
+        sharp = rng.uniform(1.0, 6.0)  # 1: sinusoid, larger: square wave
+        duty = rng.uniform(-0.5, 0.5)
+        w = np.tanh(sharp * (np.sin(2 * np.pi * phase) + duty)) / np.tanh(sharp)
+        wave = np.maximum(wave, 0.5 + 0.5 * w)
+    lo, hi = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+    img = lo + (hi - lo) * wave[..., None]
+    gy, gx = rng.uniform(-0.2, 0.2, 2)
+    shade = 1 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5)
+    return np.clip(img * shade[..., None], 0.0, 1.0).astype(np.float32)

@@ -160,9 +160,13 @@ class PairStream(torch.utils.data.IterableDataset):
     def _crop(
         sampler: data_mod.PatchSampler, size: int, rng: np.random.Generator
     ) -> np.ndarray:
-        """A photo crop, or with DEAD_LEAVES_PROBABILITY a dead-leaves image of flat colours."""
-        if rng.random() < data_mod.DEAD_LEAVES_PROBABILITY:
+        """A photo crop, or with DEAD_LEAVES_PROBABILITY a dead-leaves image of flat colours,
+        or with GRATING_PROBABILITY a fine periodic pattern."""
+        u = rng.random()
+        if u < data_mod.DEAD_LEAVES_PROBABILITY:
             return data_mod.dead_leaves(size, rng)
+        if u < data_mod.DEAD_LEAVES_PROBABILITY + data_mod.GRATING_PROBABILITY:
+            return data_mod.fine_grating(size, rng)
         return sampler.crop(size)
 
 
