@@ -63,6 +63,8 @@ class ModelCard:
             models that see the image alone.
         mean_block: block edge (packed pixels) of the low-frequency mean correction applied
             to the output (:mod:`sidraw.mean_correction`); 0 for none.
+        guard: the mean correction's residual guard ``c`` (0: none): each block keeps at most
+            ``c`` times the expected noise energy of the network's correction.
         raw: the whole card as loaded.
     """
 
@@ -79,6 +81,7 @@ class ModelCard:
     tile: int = DEFAULT_TILE
     noise_input: str | None = None
     mean_block: int = 0
+    guard: float = 0.0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -117,6 +120,7 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             tile=int(data.get("tile", DEFAULT_TILE)),
             noise_input=str(data["noise_input"]) if data.get("noise_input") else None,
             mean_block=int(data.get("mean_correction", {}).get("block", 0)),
+            guard=float(data.get("mean_correction", {}).get("guard", 0.0)),
             variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
             raw=data,
         )
@@ -132,6 +136,8 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
         raise ModelError("model card tile must be a multiple of downsample, above overlap", path)
     if card.mean_block < 0:
         raise ModelError("model card mean_correction block must be at least 0", path)
+    if card.guard < 0 or (card.guard and not card.mean_block):
+        raise ModelError("model card mean_correction guard must be at least 0, with a block", path)
     return card
 
 

@@ -237,7 +237,11 @@ def denoise(
             kept.append((row0 + now, clean[now:]))
 
     block = network.card.mean_block
-    correction = CorrectionStream((h, w, channels), block, write_clean) if block else None
+    correction = (
+        CorrectionStream((h, w, channels), block, write_clean, vector, network.card.guard)
+        if block
+        else None
+    )
 
     def take_slice(row0: int, rows: np.ndarray) -> None:
         index = np.arange(row0, row0 + rows.shape[0])
@@ -254,7 +258,7 @@ def denoise(
         assert vector is not None
         res = residual(x, y, vector)
         y[blown[..., 0]] = 1.0
-        correction.push(row0, y, res, (x < SATURATED * ratio) & ~blown)
+        correction.push(row0, y, res, (x < SATURATED * ratio) & ~blown, x)
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sidraw.errors import ModelError
 from sidraw.mean_correction import CLIP_SIGMAS, BlockMeans, CorrectionStream, correct, residual
-from sidraw.model import ModelCache
+from sidraw.model import ModelCache, load_card
 from sidraw.mosaic import normalise_packed, pack
 from sidraw.noise_estimate import noise_vector
 from sidraw.pipeline import ConvertOptions, denoise, estimate_file_noise
@@ -61,9 +62,12 @@ def test_a_hot_pixel_does_not_drag_its_block() -> None:
     clean = _flat()
     x = _noisy(clean)
     x[40, 50, 1] = 300.0  # a hot photosite amplified x300, beyond any clip
-    fixed = correct(clean, x, x, NOISE, 16)
     limit = CLIP_SIGMAS * np.sqrt(NOISE[0, 0] * 0.3 + NOISE[0, 1])
+    fixed = correct(clean, x, x, NOISE, 16)
     assert np.abs(fixed - clean)[:, :, 1].max() < limit / 100
+    # Nor does it make the guard hand the block's residual back.
+    guarded = correct(clean, x, x, NOISE, 16, guard=1.5)
+    assert np.abs(guarded - fixed).max() < limit / 100
 
 
 def test_clipped_photosites_and_blown_highlights() -> None:
@@ -117,6 +121,84 @@ def test_streamed_rows_get_the_whole_frame_correction() -> None:
         stream.push(3, out[:2], res[:2], valid[:2])
 
 
+def _texture(h: int = 128, w: int = 160, seed: int = 3) -> np.ndarray:
+    """(h, w, 4) float32 0..1: a fine grating (period 3 px) over smooth shading."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    grating = 0.15 * np.sign(np.sin(2 * np.pi * (x + 0.4 * y) / 3.0))
+    base = 0.45 + 0.1 * np.sin(x / 23)[..., None] * np.ones(4, np.float32)
+    return np.clip(base + grating[..., None], 0, 1).astype(np.float32)
+
+
+def _smoothed(img: np.ndarray, k: int = 5) -> np.ndarray:
+    """A box blur of every channel: a network that takes the texture for noise."""
+    pad = np.pad(img, ((k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
+    h, w, _ = img.shape
+    return (sum(pad[i : i + h, j : j + w] for i in range(k) for j in range(k)) / k**2).astype(
+        np.float32
+    )
+
+
+def _rmse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def test_the_guard_gives_back_texture_smoothed_away_from_a_clean_frame() -> None:
+    """Ratio 1, almost no noise: a network that blurs loses the grating; guarded, the output
+    comes back to the input within its noise."""
+    clean = _texture()
+    quiet = np.array([[2e-5, 1e-6]], np.float32)
+    rng = np.random.default_rng(1)
+    x = (clean + np.sqrt(quiet[0, 0] * clean + quiet[0, 1]) * rng.standard_normal(clean.shape))
+    x = x.astype(np.float32)
+    blurred = _smoothed(clean)
+    plain = correct(blurred, x, x, quiet, 8)
+    guarded = correct(blurred, x, x, quiet, 8, guard=1.5)
+    assert _rmse(plain, clean) > 0.1
+    assert _rmse(guarded, clean) < 2 * _rmse(x, clean)
+
+
+def test_the_guard_leaves_a_good_denoiser_alone() -> None:
+    """An output that is the clean frame: its residual is the noise, so the guard (which only
+    acts above 1.5 times the expected energy) changes next to nothing."""
+    clean = _texture()
+    x = _noisy(clean, seed=6)
+    plain = correct(clean, x, x, NOISE, 8)
+    guarded = correct(clean, x, x, NOISE, 8, guard=1.5)
+    assert _rmse(guarded, plain) < 0.05 * _rmse(x, clean)
+
+
+def test_the_guard_balances_noise_against_lost_texture() -> None:
+    """A blur of a noisy textured frame removes the noise and the grating: the guard hands back
+    part of the residual, which is closer to the truth than either the blur or the input."""
+    clean = _texture()
+    low = np.array([[0.002, 0.0002]], np.float32)
+    rng = np.random.default_rng(2)
+    x = (clean + np.sqrt(low[0, 0] * clean + low[0, 1]) * rng.standard_normal(clean.shape))
+    x = x.astype(np.float32)
+    blurred = np.clip(_smoothed(x), 0, 1)
+    guarded = correct(blurred, x, x, low, 8, guard=1.0)
+    assert _rmse(guarded, clean) < _rmse(x, clean)
+    assert _rmse(guarded, clean) < _rmse(correct(blurred, x, x, low, 8), clean)
+
+
+def test_streamed_rows_with_the_guard_match_the_whole_frame() -> None:
+    clean = _texture(101, 83)
+    x = _noisy(clean, seed=7)
+    out = _smoothed(clean)
+    want = correct(out, x, x, NOISE, 8, guard=1.5)
+    got: list[np.ndarray] = []
+    stream = CorrectionStream(out.shape, 8, lambda r0, rows: got.append(rows.copy()), NOISE, 1.5)
+    res, valid, row = residual(x, out, NOISE), x < 0.98, 0
+    for n in (7, 30, 1, 40, 23):
+        stream.push(row, out[row : row + n], res[row : row + n], valid[row : row + n],
+                    x[row : row + n])
+        row += n
+    stream.close()
+    np.testing.assert_allclose(np.concatenate(got), want, atol=1e-6)
+    with pytest.raises(ValueError, match="noise"):
+        CorrectionStream(out.shape, 8, lambda r0, rows: None, None, 1.5)
+
+
 def _reference(out: np.ndarray, res: np.ndarray, valid: np.ndarray, b: int) -> np.ndarray:
     """The correction written plainly: 3 x 3 block sums, then bilinear between centres."""
     h, w, c = out.shape
@@ -167,16 +249,18 @@ def test_residual_is_limited_in_noise_sigmas() -> None:
     np.testing.assert_allclose(r[0, :, 0], [0.0, 0.1, CLIP_SIGMAS * sd], rtol=1e-5)
 
 
+@pytest.mark.parametrize("guard", [0.0, 1.5])
 def test_convert_applies_the_card_correction_band_by_band(
-    make_dng, tiny_models: Path, tmp_path: Path
+    make_dng, tiny_models: Path, tmp_path: Path, guard: float
 ) -> None:
     """Streaming denoise with a mean-corrected card = the whole-frame correction of the same
-    network's output (up to the uint16 rounding of the two passes)."""
+    network's output (up to the uint16 rounding of the two passes), with or without the
+    guard."""
     corrected = tmp_path / "corrected"
     shutil.copytree(tiny_models, corrected)
     card_path = corrected / "test-bayer.json"
     card = json.loads(card_path.read_text())
-    card["mean_correction"] = {"block": 16}
+    card["mean_correction"] = {"block": 16, "guard": guard}
     card_path.write_text(json.dumps(card))
     src = make_dng("m.dng", pattern="GBRG", width=640, height=1200)
     opts = ConvertOptions(ratio=20, tile=128, overlap=32)
@@ -189,10 +273,20 @@ def test_convert_applies_the_card_correction_band_by_band(
         x = normalise_packed(pack(raw.mosaic, layout), layout, black, info.white)
         vector = noise_vector(estimate_file_noise(raw).estimate, 20.0)
     y = normalise_packed(pack(plain, layout), layout, black, info.white)
-    want = correct(y, x * 20, x, vector, 16)
+    want = correct(y, x * 20, x, vector, 16, guard)
     got = normalise_packed(pack(fixed, layout), layout, black, info.white)
     assert np.abs(got - want).max() < 3 / (info.white - black.max())
     assert np.abs(got - y).max() > 10 / (info.white - black.max())  # it did something
+
+
+def test_a_card_guard_needs_a_block(tiny_models: Path, tmp_path: Path) -> None:
+    card_path = tmp_path / "test-bayer.json"
+    shutil.copy(tiny_models / "test-bayer.json", card_path)
+    card = json.loads(card_path.read_text())
+    card["mean_correction"] = {"guard": 1.5}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="guard"):
+        load_card(card_path)
 
 
 if __name__ == "__main__":

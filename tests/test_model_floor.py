@@ -53,7 +53,8 @@ def _denoise(net: Network, pair: Pair) -> np.ndarray:
         multiple=net.card.downsample,
     )
     return finish_like_convert(
-        np.clip(out, 0.0, 1.0), pair, vec, net.card.mean_block, net.card.input_clip[1]
+        np.clip(out, 0.0, 1.0), pair, vec, net.card.mean_block, net.card.input_clip[1],
+        net.card.guard,
     )
 
 

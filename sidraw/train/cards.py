@@ -79,7 +79,15 @@ def noise_input_description() -> dict[str, object]:
     }
 
 
-def mean_correction_description(block: int) -> dict[str, object]:
+def mean_correction_description(block: int, guard: float = 0.0) -> dict[str, object]:
+    guarded = {
+        "guard": guard,
+        "guard_what": f"where a block's residual (about its mean) holds more than {guard:g} times "
+                      "the noise variance the fit expects, the network also took signal away: "
+                      "the block keeps only that share of the correction, min(1, guard V / E), "
+                      "and the rest of the residual goes back (the least-squares share for "
+                      "independent noise and lost signal)",
+    } if guard else {}
     return {
         "block": block,
         "what": f"the block means ({block}x{block} packed pixels, each averaged with its 3x3 "
@@ -88,6 +96,7 @@ def mean_correction_description(block: int) -> dict[str, object]:
                 "input's low frequencies, so flat colours keep their level and hue",
         "outliers": "residuals limited to 5 sigma of the fitted noise; photosites at 98 % of "
                     "white and blown highlights excluded",
+        **guarded,
     }
 
 
@@ -108,7 +117,7 @@ def build_card(
     name: str, version: str, onnx_path: Path, model: UNet, cfg: TrainConfig, info: dict,
     parity: float, validation: dict | None, speeds: list[dict], history: str | None,
     overlap: int | None = None, notes: str | None = None, previous: dict | None = None,
-    mean_block: int = 0, tile: int | None = None,
+    mean_block: int = 0, tile: int | None = None, guard: float = 0.0,
 ) -> dict[str, object]:
     """The JSON model card (``overlap``: default tile overlap in packed pixels, if measured;
     ``mean_block``: block edge of the output's mean correction, 0 for none;
@@ -137,7 +146,11 @@ def build_card(
         "normalisation": NORMALISATION,
         **({"overlap": overlap} if overlap is not None else {}),
         **({"tile": tile} if tile is not None else {}),
-        **({"mean_correction": mean_correction_description(mean_block)} if mean_block else {}),
+        **(
+            {"mean_correction": mean_correction_description(mean_block, guard)}
+            if mean_block
+            else {}
+        ),
         "architecture": {
             "type": "U-Net (Chen et al. 2018, SID), packed raw in / packed raw out",
             "levels": 5,
@@ -243,6 +256,7 @@ def markdown_card(card: dict) -> str:
         ),
         *(
             [f"- Mean correction at inference: {mc['what']}; {mc['outliers']}."]
+            + ([f"- Residual guard {mc['guard']:g}: {mc['guard_what']}."] if "guard" in mc else [])
             if (mc := card.get("mean_correction")) else []
         ),
         f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
@@ -378,11 +392,12 @@ def write_cards(
     info: dict, parity: float, *, validation: dict | None = None, speeds: list[dict] | None = None,
     history: str | None = None, overlap: int | None = None, notes: str | None = None,
     previous: dict | None = None, mean_block: int = 0, tile: int | None = None,
+    guard: float = 0.0,
 ) -> dict[str, object]:
     """Write ``<name>.json`` and ``<name>.md`` next to the ONNX file; returns the card."""
     card = build_card(
         name, version, onnx_path, model, cfg, info, parity, validation, speeds or [], history,
-        overlap, notes, previous, mean_block, tile,
+        overlap, notes, previous, mean_block, tile, guard,
     )
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))

@@ -215,6 +215,7 @@ class OnnxModel:
         threads: int = 2,
         noise_scale: float = 1.0,
         mean_block: int | None = None,
+        guard: float | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -225,7 +226,9 @@ class OnnxModel:
         )
         self.noise_input = "noise" in [i.name for i in self.session.get_inputs()]
         self.noise_scale = noise_scale
-        self.mean_block = card_mean_block(path) if mean_block is None else mean_block
+        card_block, card_guard = card_correction(path)
+        self.mean_block = card_block if mean_block is None else mean_block
+        self.guard = card_guard if guard is None else guard
 
     def __call__(self, noisy: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """(h, w, C) float32 input (and (2,) noise input) -> (h, w, C) float32 in 0..1."""
@@ -244,13 +247,19 @@ class OnnxModel:
         """The model on a pair's input, told the pair's fitted noise times ``noise_scale``, with
         blown highlights made white and the card's mean correction, as ``sidraw convert`` does."""
         vector = pair.noise_vector(self.noise_scale)
-        return finish_like_convert(self(pair.noisy, vector), pair, vector, self.mean_block)
+        return finish_like_convert(
+            self(pair.noisy, vector), pair, vector, self.mean_block, guard=self.guard
+        )
 
 
-def card_mean_block(onnx_path: str | Path) -> int:
-    """The mean-correction block of the model card beside an ONNX file (0 without one)."""
+def card_correction(onnx_path: str | Path) -> tuple[int, float]:
+    """The mean-correction block and residual guard of the model card beside an ONNX file
+    (0, 0.0 without one)."""
     card = Path(onnx_path).with_suffix(".json")
-    return load_card(card).mean_block if card.exists() else 0
+    if not card.exists():
+        return 0, 0.0
+    loaded = load_card(card)
+    return loaded.mean_block, loaded.guard
 
 
 # --- rendering and metrics -----------------------------------------------------------------------
@@ -389,6 +398,7 @@ def evaluate(
     noise_scale: float = 1.0,
     sets: tuple[str, ...] | None = None,
     mean_block: int | None = None,
+    guard: float | None = None,
 ) -> dict:
     """Evaluate one model (or only the baselines when ``model_path`` is None).
 
@@ -398,6 +408,7 @@ def evaluate(
         noise_scale: factor on the variances of the model's noise input.
         sets: names of the sets to run (default all of SETS).
         mean_block: mean-correction block for the model (None: its card's).
+        guard: residual guard of the mean correction (None: its card's; 0: none).
 
     Returns the summary dict (also written to ``out/<cfa>_eval.json`` with a Markdown table).
     """
@@ -409,7 +420,7 @@ def evaluate(
     keys = sorted({c.key for c in cases})
     with_bm3d = set(keys if bm3d_images is None else keys[:bm3d_images])
     bm3d_dir = out / f"{cfa}_bm3d_v{EVAL_VERSION}"
-    model = OnnxModel(model_path, threads, noise_scale, mean_block) if model_path else None
+    model = OnnxModel(model_path, threads, noise_scale, mean_block, guard) if model_path else None
     per_case: dict[str, dict] = {}
     t0 = time.perf_counter()
     model_seconds = 0.0
@@ -426,6 +437,7 @@ def evaluate(
         cfa=cfa, model=str(model_path) if model_path else None, images=keys,
         bm3d_images=sorted(with_bm3d), noise_scale=noise_scale, eval_version=EVAL_VERSION,
         mean_block=model.mean_block if model is not None else None,
+        guard=model.guard if model is not None else None,
         crop="whole photo" if cfa == "bayer" else "612x912 photosites",
     )
     megapixels = sum(c.crop[0] * c.crop[1] for c in cases) / 1e6
@@ -582,6 +594,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="multiply the variances of the model's noise input")
     ap.add_argument("--mean-block", type=int, default=None,
                     help="mean-correction block for the model (default: its card's; 0: none)")
+    ap.add_argument("--guard", type=float, default=None,
+                    help="residual guard of the mean correction (default: its card's; 0: none)")
     ap.add_argument("--sets", nargs="*", default=None, help=f"set names: {', '.join(SET_NAMES)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -592,7 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     s = evaluate(
         a.cfa, a.model, Path(a.out), a.data, images, a.threads, bm3d_images=a.bm3d_images,
         noise_scale=a.noise_scale, sets=tuple(a.sets) if a.sets else None,
-        mean_block=a.mean_block,
+        mean_block=a.mean_block, guard=a.guard,
     )
     if a.update_card and a.model:
         from .cards import update_validation

@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         "--mean-block", type=int, default=0,
         help="block edge of the output's mean correction (sidraw.mean_correction; 0: none)",
     )
+    ap.add_argument(
+        "--guard", type=float, default=0.0,
+        help="residual guard of the mean correction (sidraw.mean_correction; 0: none)",
+    )
     ap.add_argument("--notes", default=None, help="free text on how the run went (card)")
     ap.add_argument(
         "--previous",
@@ -234,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cards(
         out, a.name, a.version, onnx_path, model, cfg, info, diff,
         validation=validation, speeds=speeds, history=a.history, overlap=overlap,
-        notes=a.notes, previous=previous, mean_block=a.mean_block,
+        notes=a.notes, previous=previous, mean_block=a.mean_block, guard=a.guard,
         tile=default_tile(overlap) if overlap is not None else None,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")

@@ -159,13 +159,19 @@ def training_pair(
 
 
 def finish_like_convert(
-    out: np.ndarray, pair: Pair, noise: np.ndarray, mean_block: int, hi: float = 1.0
+    out: np.ndarray,
+    pair: Pair,
+    noise: np.ndarray,
+    mean_block: int,
+    hi: float = 1.0,
+    guard: float = 0.0,
 ) -> np.ndarray:
     """What ``sidraw convert`` does to the network's (h, w, C) output, clipped to 0..1, of a
     pair: photosites at the input clip ``hi`` in every channel are blown highlights, made white;
-    then the mean correction of ``mean_block`` (0: none) with the model's ``noise`` input."""
+    then the mean correction of ``mean_block`` (0: none) with the model's ``noise`` input and
+    the residual ``guard`` (0: none)."""
     out[np.all(pair.noisy >= min(hi, 1.0), axis=2)] = 1.0
     if not mean_block:
         return out
     x = pair.normalised()
-    return correct(out, x * np.float32(pair.ratio), x, noise, mean_block)
+    return correct(out, x * np.float32(pair.ratio), x, noise, mean_block, guard)
