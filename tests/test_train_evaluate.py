@@ -28,6 +28,21 @@ def test_metrics_identity() -> None:
     assert ev.psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-6)
 
 
+def test_flat_bias_against_the_input_cancels_its_sampling_error() -> None:
+    rng = np.random.default_rng(4)
+    clean = np.broadcast_to(np.array([0.3, 0.05, 0.05, 0.1], np.float32), (64, 64, 4)).copy()
+    noisy = clean + rng.normal(0, 0.1, clean.shape).astype(np.float32)
+    # A "denoiser" that keeps the input's local means exactly and lifts channel 1 by 0.01.
+    pred = noisy.reshape(8, 8, 8, 8, 4).mean(axis=(1, 3), keepdims=True)
+    pred = np.broadcast_to(pred, (8, 8, 8, 8, 4)).reshape(64, 64, 4) + [0, 0.01, 0, 0]
+    diff, signal = ev.flat_bias(pred, clean, noisy)
+    np.testing.assert_allclose(np.array(diff) / np.array(signal), [0, 0.2, 0, 0], atol=1e-5)
+    # Against the clean frame the noise's sampling error shows too: 0.1 / 64 of each channel's
+    # sum, several per cent of the dim channels.
+    vs_clean, _ = ev.flat_bias(pred, clean)
+    assert np.abs(np.array(vs_clean) / np.array(signal) - [0, 0.2, 0, 0]).max() > 1e-3
+
+
 def test_gat_inverse_is_unbiased_for_poisson() -> None:
     rng = np.random.default_rng(1)
     for lam in (2.0, 10.0, 50.0):
