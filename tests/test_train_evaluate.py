@@ -34,7 +34,7 @@ def test_flat_bias_against_the_input_cancels_its_sampling_error() -> None:
     noisy = clean + rng.normal(0, 0.1, clean.shape).astype(np.float32)
     # A "denoiser" that keeps the input's local means exactly and lifts channel 1 by 0.01.
     pred = noisy.reshape(8, 8, 8, 8, 4).mean(axis=(1, 3), keepdims=True)
-    pred = np.broadcast_to(pred, (8, 8, 8, 8, 4)).reshape(64, 64, 4) + [0, 0.01, 0, 0]
+    pred = np.broadcast_to(pred, (8, 8, 8, 8, 4)).reshape(64, 64, 4) + np.float32([0, 0.01, 0, 0])
     diff, signal = ev.flat_bias(pred, clean, noisy)
     np.testing.assert_allclose(np.array(diff) / np.array(signal), [0, 0.2, 0, 0], atol=1e-5)
     # Against the clean frame the noise's sampling error shows too: 0.1 / 64 of each channel's

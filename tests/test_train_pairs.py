@@ -86,6 +86,19 @@ def test_split_is_fixed_and_disjoint() -> None:
     assert data_mod.split(entries) == (train, val)
 
 
+def test_gratings_hold_energy_near_the_mosaic_nyquist_limit() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(8):
+        img = data_mod.fine_grating(128, rng)
+        assert img.shape == (128, 128, 3) and img.dtype == np.float32
+        assert img.min() >= 0.0 and img.max() <= 1.0
+        # Most of the luminance variation is at periods of at most 9 px (frequency >= 1/9).
+        lum = img.mean(axis=2) - img.mean()
+        power = np.abs(np.fft.fft2(lum)) ** 2
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij"))
+        assert power[f >= 1 / 9.5].sum() > 0.7 * power.sum()
+
+
 def test_dead_leaves_hold_large_flat_saturated_areas() -> None:
     rng = np.random.default_rng(4)
     img = data_mod.dead_leaves(128, rng)
