@@ -66,11 +66,8 @@ def residual(
     Returns:
         (n, w, C) float32.
     """
-    a, b = (np.float32(v) for v in np.asarray(noise, dtype=np.float32).reshape(-1)[:2])
     # In place: this runs on every row of a frame.
-    limit = np.maximum(output, np.float32(0.0))
-    limit *= a
-    limit += max(b, np.float32(1e-12))
+    limit = expected_variance(output, noise)
     np.sqrt(limit, out=limit)
     limit *= np.float32(CLIP_SIGMAS)
     d = np.subtract(amplified, output, dtype=np.float32)
@@ -205,7 +202,7 @@ class CorrectionStream:
             whole = np.subtract(amplified, output, dtype=np.float32)
             limit = np.sqrt(var) * np.float32(ENERGY_SIGMAS)
             self.means.add(row0, res, valid, var, np.clip(whole, -limit, limit))
-            held = [output, np.where(valid, whole, np.float32(np.nan))]
+            held = [output, whole, valid]
         else:
             self.means.add(row0, res, valid)
             held = [output]
@@ -267,8 +264,7 @@ class CorrectionStream:
             gain = interpolate(np.stack([self._grid(k)[1] for k in range(lo, hi)]))
             # The share 1 - g of the residual about its local mean goes back; not where the
             # input is near white, whose true value is unknown.
-            give_back = (1 - gain) * (held[1] - field)
-            corrected += np.where(np.isnan(give_back), np.float32(0.0), give_back)
+            corrected += np.where(held[2], (1 - gain) * (held[1] - field), np.float32(0.0))
         blown = np.all(rows >= 1.0, axis=2, keepdims=True)
         return np.where(blown, rows, np.clip(corrected, 0.0, 1.0))
 

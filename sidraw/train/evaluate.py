@@ -346,10 +346,19 @@ def flat_bias(
     return [float(v) for v in diff], [float(v) for v in signal]
 
 
-def metrics(pred: np.ndarray, pair: Pair, ref_img: np.ndarray, renderer: Renderer) -> dict:
+def metrics(
+    pred: np.ndarray,
+    pair: Pair,
+    ref_img: np.ndarray,
+    renderer: Renderer,
+    amplified: np.ndarray | None = None,
+) -> dict:
+    """Scores of ``pred``; ``amplified``: the pair's unclipped amplified input, the bias
+    reference (made from the pair when not given; pass it to score several methods)."""
+    if amplified is None:
+        amplified = pair.normalised() * np.float32(pair.ratio)
     img = renderer(pred)
     bias, signal = flat_bias(pred, pair.clean)
-    amplified = pair.normalised() * np.float32(pair.ratio)
     return {
         "srgb_psnr": psnr(img, ref_img),
         "srgb_ssim": ssim(img, ref_img),
@@ -378,14 +387,15 @@ def _case_result(
     seconds = 0.0
     try:
         ref = renderer(pair.clean)
-        res = {"naive": metrics(naive(pair), pair, ref, renderer)}
+        amp = pair.normalised() * np.float32(pair.ratio)
+        res = {"naive": metrics(naive(pair), pair, ref, renderer, amp)}
         if bm3d_dir is not None:
-            res["bm3d"] = metrics(cached_bm3d(pair, case, bm3d_dir), pair, ref, renderer)
+            res["bm3d"] = metrics(cached_bm3d(pair, case, bm3d_dir), pair, ref, renderer, amp)
         if model is not None:
             tm = time.perf_counter()
             pred = model.on_pair(pair)
             seconds = time.perf_counter() - tm
-            res["model"] = metrics(pred, pair, ref, renderer)
+            res["model"] = metrics(pred, pair, ref, renderer, amp)
         k, read = pair.estimate.in_dn(pair.noise.range)
         res["estimate"] = {"k": k, "read": read, "true_k": pair.noise.k,
                            "true_read": pair.noise.sigma_read}
