@@ -68,3 +68,27 @@ def test_render_and_baselines_on_a_small_bayer_case() -> None:
             renderer.close()
     assert math.isfinite(naive["srgb_psnr"])
     assert bm3d["raw_psnr"] > naive["raw_psnr"]
+
+
+def test_flat_bias_leaves_patches_at_the_clip_to_the_highlight_check() -> None:
+    """A blown patch (clean at white) pulled down by 3 % is not a colour bias of the in-range
+    patches, but the highlight check sees it, in the render, as a shift with a tint when the
+    channels moved apart; a 3 % shift of an in-range patch still counts as bias."""
+    clean = np.full((64, 64, 4), 0.4, np.float32)
+    clean[:, 32:] = 1.0  # blown half
+    pred = clean.copy()
+    pred[:, 32:, 1] -= 0.03
+    diff, signal = ev.flat_bias(pred, clean)
+    assert np.abs(np.array(diff) / np.array(signal)).max() < 1e-6
+    pred[:, :32, 0] += 0.012
+    diff, signal = ev.flat_bias(pred, clean)
+    assert np.array(diff)[0] / np.array(signal)[0] == pytest.approx(0.03, rel=1e-4)
+    # Renders twice the packed size; the blown half's green channel 3 % low, red untouched.
+    ref = np.ones((128, 128, 3))
+    img = ref.copy()
+    img[:, 64:, 1] -= 0.03
+    shift, lit = ev.highlight_shift(img, ref, clean)
+    rel = np.array(shift) / np.array(lit)
+    np.testing.assert_allclose(rel, [0, -0.03, 0], atol=1e-9)
+    # Nothing at the clip: nothing to score.
+    assert ev.highlight_shift(img, ref, np.full_like(clean, 0.4))[1] == [0.0, 0.0, 0.0]

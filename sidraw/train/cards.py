@@ -361,7 +361,10 @@ def markdown_card(card: dict) -> str:
             "of them, and the model on those same cases in brackets. sRGB metrics on the 16-bit "
             "image LibRaw renders (`sidraw.render`) from a DNG, against the clean mosaic rendered "
             "the same way; raw PSNR on the packed normalised mosaic. 'bias': the largest "
-            "per-channel mean error over flat patches, relative to their signal."
+            "per-channel mean error over flat patches within range, relative to their signal. "
+            "'blown highlights': flat patches at white in the clean frame (no output in range "
+            "can be unbiased there), in the render: the largest per-channel change against the "
+            "reference and the tint (spread of the changes between channels)."
             + ("" if v.get("noise_scale", 1.0) == 1.0
                else f" Noise input scaled by {v['noise_scale']}."),
             "",

@@ -58,6 +58,8 @@ XTRANS_CROP = (612, 912)
 # fraction of their mean.
 FLAT_WINDOW = 8
 FLAT_REL_STD = 0.02
+#: Flat patches whose clean mean reaches this fraction of white in a channel are at the clip.
+AT_CLIP = 0.98
 
 
 @dataclass(frozen=True)
@@ -320,30 +322,67 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def flat_bias(
-    pred: np.ndarray, clean: np.ndarray, reference: np.ndarray | None = None
-) -> tuple[list[float], list[float]]:
-    """Per-channel sums of ``pred - reference`` (default: ``clean``) and of ``clean`` over flat
-    patches of ``clean``.
+def _flat_windows(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gh, gw, C) means of the FLAT_WINDOW-pixel packed windows of ``clean``, and two
+    (gh, gw) bool masks: flat windows within range, and flat windows at the clip.
 
-    Flat patches are FLAT_WINDOW-pixel packed windows whose clean std is below FLAT_REL_STD of
-    their mean (and whose mean is above 1 % of white): there any colour shift is bias, not a
-    smoothed detail. Summed over a set, ``diff / signal`` is the relative bias per channel.
-    Against the clean frame the sum also holds the input noise's own sampling error (about 1 %
-    at K = 6 x300); against the unclipped amplified input, which is unbiased, that cancels.
-    """
-    reference = clean if reference is None else reference
+    Flat: std below FLAT_REL_STD of the mean in every channel and mean above 1 % of white.
+    At the clip: flat with some channel's mean at or above AT_CLIP of white (blown in the source
+    photo). There the true value is at least white and every output in 0..1 errs downwards by the
+    residual noise the clip cuts off, a bias of any estimator bounded at white (naive included),
+    not a colour shift: such windows are scored for neutrality in the render instead."""
     f = FLAT_WINDOW
     h, w, c = (clean.shape[0] // f) * f, (clean.shape[1] // f) * f, clean.shape[2]
     cw = clean[:h, :w].reshape(h // f, f, w // f, f, c)
-    pw = pred[:h, :w].reshape(h // f, f, w // f, f, c)
     mean = cw.mean(axis=(1, 3))
-    flat = (cw.std(axis=(1, 3)) < FLAT_REL_STD * mean) & (mean > 0.01)
-    flat = np.all(flat, axis=2)  # flat in every channel
+    flat = np.all((cw.std(axis=(1, 3)) < FLAT_REL_STD * mean) & (mean > 0.01), axis=2)
+    at_clip = flat & (mean.max(axis=2) >= AT_CLIP)
+    return mean, flat & ~at_clip, at_clip
+
+
+def flat_bias(
+    pred: np.ndarray, clean: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-channel sums of ``pred - reference`` (default: ``clean``) and of ``clean`` over the
+    flat, in-range patches of ``clean`` (:func:`_flat_windows`).
+
+    There any colour shift is bias, not a smoothed detail. Summed over a set, ``diff / signal``
+    is the relative bias per channel. Against the clean frame the sum also holds the input
+    noise's own sampling error (about 1 % at K = 6 x300); against the unclipped amplified input,
+    which is unbiased, that cancels.
+    """
+    reference = clean if reference is None else reference
+    f = FLAT_WINDOW
+    mean, flat, _ = _flat_windows(clean)
+    h, w, c = mean.shape[0] * f, mean.shape[1] * f, clean.shape[2]
+    pw = pred[:h, :w].reshape(h // f, f, w // f, f, c)
     rw = reference[:h, :w].reshape(h // f, f, w // f, f, c)
     diff = (pw - rw).mean(axis=(1, 3))[flat].sum(axis=0) * f * f
     signal = mean[flat].sum(axis=0) * f * f
     return [float(v) for v in diff], [float(v) for v in signal]
+
+
+def highlight_shift(
+    img: np.ndarray, ref_img: np.ndarray, clean: np.ndarray
+) -> tuple[list[float], list[float]]:
+    """Per-channel sums of ``img - ref_img`` and of ``ref_img`` (sRGB 0..1, (H, W, 3)) over the
+    render windows of the flat patches of ``clean`` that are at the clip (:func:`_flat_windows`).
+
+    Summed over a set, ``diff / ref`` per channel is how far blown highlights moved in the
+    picture; the spread between channels is their tint (neutral highlights: no spread).
+    """
+    _, _, at_clip = _flat_windows(clean)
+    sy, sx = img.shape[0] // clean.shape[0], img.shape[1] // clean.shape[1]
+    fy, fx = FLAT_WINDOW * sy, FLAT_WINDOW * sx
+    gh, gw = min(at_clip.shape[0], img.shape[0] // fy), min(at_clip.shape[1], img.shape[1] // fx)
+    sel = at_clip[:gh, :gw]
+
+    def window_means(a: np.ndarray) -> np.ndarray:
+        return a[: gh * fy, : gw * fx].reshape(gh, fy, gw, fx, 3).mean(axis=(1, 3))[sel]
+
+    diff = (window_means(img) - window_means(ref_img)).sum(axis=0)
+    ref = window_means(ref_img).sum(axis=0)
+    return [float(v) for v in diff], [float(v) for v in ref]
 
 
 def metrics(
@@ -359,6 +398,7 @@ def metrics(
         amplified = pair.normalised() * np.float32(pair.ratio)
     img = renderer(pred)
     bias, signal = flat_bias(pred, pair.clean)
+    shift, lit = highlight_shift(img, ref_img, pair.clean)
     return {
         "srgb_psnr": psnr(img, ref_img),
         "srgb_ssim": ssim(img, ref_img),
@@ -366,6 +406,8 @@ def metrics(
         "bias": bias,
         "bias_vs_input": flat_bias(pred, pair.clean, amplified)[0],
         "signal": signal,
+        "highlight_diff": shift,
+        "highlight_ref": lit,
     }
 
 
@@ -486,6 +528,20 @@ def _bias(rows: list[dict], method: str, key: str = "bias") -> float:
     return round(float(np.max(np.abs(diff / signal))), 5)
 
 
+def _highlights(rows: list[dict], method: str) -> tuple[float, float]:
+    """How far flat blown highlights moved in the render, over ``rows``: the largest per-channel
+    |mean change| relative to the reference, and the tint (spread of the per-channel changes).
+    NaN where no case has such patches (or an older result lacks the figures)."""
+    if not all("highlight_diff" in r[method] for r in rows):
+        return float("nan"), float("nan")
+    diff = np.sum([r[method]["highlight_diff"] for r in rows], axis=0)
+    ref = np.sum([r[method]["highlight_ref"] for r in rows], axis=0)
+    if not np.all(ref > 0):
+        return float("nan"), float("nan")
+    rel = diff / ref
+    return round(float(np.max(np.abs(rel))), 5), round(float(np.ptp(rel)), 5)
+
+
 def _set_entry(s: EvalSet, rows: list[dict]) -> dict:
     entry: dict[str, object] = {"ratio": s.ratio, "noise": s.source, "cases": len(rows)}
     if s.source == "a7s2":
@@ -506,7 +562,10 @@ def _set_entry(s: EvalSet, rows: list[dict]) -> dict:
             colour_bias=_bias(rows, "model", "bias_vs_input"),
             colour_bias_vs_clean=_bias(rows, "model"),
         )
+        m["highlight_shift"], m["highlight_tint"] = _highlights(rows, "model")
         entry["naive"]["colour_bias_vs_clean"] = _bias(rows, "naive")
+        naive_hl = _highlights(rows, "naive")
+        entry["naive"]["highlight_shift"], entry["naive"]["highlight_tint"] = naive_hl
         entry["model"] = m
     paired = [r for r in rows if "bm3d" in r]
     if paired:
@@ -539,12 +598,22 @@ def summarise(cases: list[Case], per_case: dict[str, dict]) -> dict:
     return {"sets": table, "sweep": sweep}
 
 
+def pct(v: float | None) -> str:
+    """A fraction as a percentage cell ("n/a" when missing or NaN)."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.2f} %"
+
+
+def _highlight_cell(model: dict, naive: dict) -> str:
+    """Blown highlights in the render: the model's largest channel shift and tint, then naive's."""
+    return (
+        f"{pct(model.get('highlight_shift'))} / {pct(model.get('highlight_tint'))} "
+        f"({pct(naive.get('highlight_shift'))} / {pct(naive.get('highlight_tint'))})"
+    )
+
+
 def _bias_cell(model: dict, naive: dict) -> str:
     """The colour-bias cell: against the input, then against the clean frame for the model and
-    for naive (whose true bias is zero: its figure is the measurement's sampling error)."""
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.2f} %"
-
+    for naive (whose figure is the measurement's sampling error and its clip at black)."""
     return (
         f"{pct(model.get('colour_bias'))} ({pct(model.get('colour_bias_vs_clean'))}; "
         f"{pct(naive.get('colour_bias_vs_clean'))})"
@@ -557,8 +626,8 @@ def markdown_table(summary: dict) -> str:
     lines = [
         "| set | naive sRGB / SSIM / raw | model sRGB / SSIM / raw | frames below naive "
         "(sRGB, raw) | worst vs naive (dB) | min raw | bias vs input (vs clean; naive vs clean) "
-        "| BM3D sRGB / SSIM (model) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| blown highlights: shift / tint (naive) | BM3D sRGB / SSIM (model) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def trio(m: dict) -> str:
@@ -571,10 +640,10 @@ def markdown_table(summary: dict) -> str:
             cells += [
                 trio(m), f"{m['below_naive_srgb']}, {m['below_naive_raw']} of {e['cases']}",
                 f"{m['worst_vs_naive_srgb']:+.2f}", f"{m['min_raw_psnr']:.2f}",
-                _bias_cell(m, e["naive"]),
+                _bias_cell(m, e["naive"]), _highlight_cell(m, e["naive"]),
             ]
         else:
-            cells += ["", "", "", "", ""]
+            cells += ["", "", "", "", "", ""]
         if "bm3d" in e:
             b, mb = e["bm3d"], e.get("model_on_bm3d_cases")
             own = f" ({mb['srgb_psnr']:.2f} / {mb['srgb_ssim']:.3f})" if mb else ""
