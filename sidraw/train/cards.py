@@ -261,13 +261,17 @@ def markdown_card(card: dict) -> str:
         ),
         f"- ONNX opset {a['onnx_opset']}, {a['weights_dtype']}; max |ONNX - PyTorch| = "
         f"{a['onnx_parity_max_abs_diff']:.1e}.",
-        "",
-        "CPU speed of the widths tried (" + a["speed_cpu"]["hardware"] + "; "
-        + a["speed_cpu"]["note"] + "):",
-        "",
-        "| CFA | width | max mult | params | GFLOPs/MP | train step (s) | train s/MP | ONNX s/MP |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    if a["speed_cpu"]["widths_tried"]:
+        lines += [
+            "",
+            "CPU speed of the widths tried (" + a["speed_cpu"]["hardware"] + "; "
+            + a["speed_cpu"]["note"] + "):",
+            "",
+            "| CFA | width | max mult | params | GFLOPs/MP | train step (s) | train s/MP "
+            "| ONNX s/MP |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for r in a["speed_cpu"]["widths_tried"]:
         lines.append(
             f"| {r.get('cfa', card['cfa'])} | {r['width']} | {r.get('max_mult', 16)} | "
