@@ -22,6 +22,15 @@ with ``g = V / E`` gives the least squared error, so with a guard ``c`` each blo
 ``g = min(1, c V / E)`` of the network's correction (``c`` above 1 leaves room for a slightly
 low noise fit); ``g`` is smoothed and interpolated like the means.
 
+The clip at white has a bias of its own: where the scene is at white after amplification (a sky
+blown in the source, a lamp's rim), the output, however well denoised, keeps some noise, and the
+clip cuts off its upper half, so such areas come out a little darker than white, and since the
+renderer's white balance clips the other channels first, slightly tinted. The block means tell
+where that is: a channel whose neighbourhood mean of the amplified input is within
+``WHITE_SIGMAS`` standard errors of white (or above it) is taken towards white, fully at white
+and not at all ``WHITE_SIGMAS`` standard errors below, so levels just below white move by a
+small fraction of that standard error only.
+
 Everything here works on packed, normalised arrays: ``(h, w, C) float32, 0 at black and 1 at
 white``, amplified by the ratio.
 """
@@ -41,6 +50,9 @@ CLIP_SIGMAS = 5.0
 ENERGY_SIGMAS = 10.0
 #: Photosites at or above this fraction of white (before amplification) are treated as clipped.
 SATURATED = 0.98
+#: A channel whose neighbourhood mean is this many of its standard errors below white or closer
+#: starts to be taken towards white (module docstring).
+WHITE_SIGMAS = 2.0
 
 
 def expected_variance(output: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -87,6 +99,8 @@ class BlockMeans:
         sums, counts: (ceil(h / block), ceil(w / block), C) float64.
         squares, variances: same shape: sums of squared residuals and of their expected
             variances (for the guard; zero when no variances are given).
+        levels: same shape: sums of the output plus its limited residual, the amplified input
+            (for the white level; zero when not given).
     """
 
     shape: tuple[int, int, int]
@@ -95,12 +109,13 @@ class BlockMeans:
     counts: np.ndarray
     squares: np.ndarray
     variances: np.ndarray
+    levels: np.ndarray
 
     @classmethod
     def empty(cls, shape: tuple[int, int, int], block: int) -> BlockMeans:
         h, w, c = shape
         grid = (-(-h // block), -(-w // block), c)
-        return cls(shape, block, *(np.zeros(grid) for _ in range(4)))
+        return cls(shape, block, *(np.zeros(grid) for _ in range(5)))
 
     def add(
         self,
@@ -109,15 +124,19 @@ class BlockMeans:
         valid: np.ndarray,
         var: np.ndarray | None = None,
         wide: np.ndarray | None = None,
+        level: np.ndarray | None = None,
     ) -> None:
         """Add rows ``row0 .. row0 + n`` of residuals (n, w, C), counting only ``valid`` ones
-        (bool, same shape), and for the guard their expected variances ``var`` and the
-        residuals limited at ``ENERGY_SIGMAS``, ``wide``. Each row is added once."""
+        (bool, same shape), for the guard their expected variances ``var`` and the residuals
+        limited at ``ENERGY_SIGMAS``, ``wide``, and for the white level the input ``level``.
+        Each row is added once."""
         r = np.where(valid, res, np.float32(0.0))
         parts = [(self.sums, r), (self.counts, valid)]
         if var is not None and wide is not None:
             e = np.where(valid, wide, np.float32(0.0))
             parts += [(self.squares, e * e), (self.variances, np.where(valid, var, 0.0))]
+        if level is not None:
+            parts.append((self.levels, np.where(valid, level, np.float32(0.0))))
         n, b = res.shape[0], self.block
         wb = self.sums.shape[1]
         # Rows are summed per block row first (a slice spans one or two), then columns per block.
@@ -144,6 +163,19 @@ class BlockMeans:
         expected = self._neighbourhood(self.variances, k) / n
         gain = np.minimum(1.0, guard * expected / np.maximum(energy, 1e-20))
         return self._along_row(gain.astype(np.float32))
+
+    def white_row(self, k: int, noise: np.ndarray) -> np.ndarray:
+        """(w, C) float32: how far block row ``k`` is taken towards white, per channel: 0 where
+        the neighbourhood mean of the input is ``WHITE_SIGMAS`` standard errors (from the noise
+        fit ``[a, b]``) or more below white, 1 at white or above, linear between; interpolated
+        like :meth:`grid_row`. Blocks without valid photosites: 0."""
+        n = self._neighbourhood(self.counts, k)
+        mean = self._neighbourhood(self.levels, k) / np.maximum(n, 1.0)
+        a, b = (float(v) for v in np.asarray(noise, dtype=np.float64).reshape(-1)[:2])
+        variance = (a * np.maximum(mean, 0.0) + max(b, 1e-12)) / np.maximum(n, 1.0)
+        width = WHITE_SIGMAS * np.sqrt(variance)
+        share = np.where(n > 0, np.clip((mean - 1.0) / width + 1.0, 0.0, 1.0), 0.0)
+        return self._along_row(share.astype(np.float32))
 
     def _neighbourhood(self, totals: np.ndarray, k: int) -> np.ndarray:
         last = self.sums.shape[0] - 1
@@ -180,7 +212,7 @@ class CorrectionStream:
         self.pending: list[tuple[int, list[np.ndarray]]] = []
         self.seen = 0
         self.done = 0
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
 
     def push(
         self,
@@ -201,10 +233,11 @@ class CorrectionStream:
             var = expected_variance(output, self.noise)
             whole = np.subtract(amplified, output, dtype=np.float32)
             limit = np.sqrt(var) * np.float32(ENERGY_SIGMAS)
-            self.means.add(row0, res, valid, var, np.clip(whole, -limit, limit))
+            self.means.add(row0, res, valid, var, np.clip(whole, -limit, limit), output + res)
             held = [output, whole, valid]
         else:
-            self.means.add(row0, res, valid)
+            level = output + res if self.noise is not None else None
+            self.means.add(row0, res, valid, level=level)
             held = [output]
         self.seen += output.shape[0]
         self.pending.append((row0, held))
@@ -240,10 +273,11 @@ class CorrectionStream:
             self.emit(row0, self._apply(row0, held))
             self.done = row0 + n
 
-    def _grid(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _grid(self, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         if k not in self.cache:
             gain = self.means.gain_row(k, self.guard) if self.guard > 0 else None
-            self.cache[k] = (self.means.grid_row(k), gain)
+            white = self.means.white_row(k, self.noise) if self.noise is not None else None
+            self.cache[k] = (self.means.grid_row(k), gain, white)
         return self.cache[k]
 
     def _apply(self, row0: int, held: list[np.ndarray]) -> np.ndarray:
@@ -265,6 +299,9 @@ class CorrectionStream:
             # The share 1 - g of the residual about its local mean goes back; not where the
             # input is near white, whose true value is unknown.
             corrected += np.where(held[2], (1 - gain) * (held[1] - field), np.float32(0.0))
+        if self.noise is not None:
+            white = interpolate(np.stack([self._grid(k)[2] for k in range(lo, hi)]))
+            corrected += white * np.maximum(np.float32(1.0) - corrected, np.float32(0.0))
         blown = np.all(rows >= 1.0, axis=2, keepdims=True)
         return np.where(blown, rows, np.clip(corrected, 0.0, 1.0))
 
