@@ -28,6 +28,25 @@ def test_unet_keeps_shape(channels: int) -> None:
     assert model(x).shape == x.shape
 
 
+def test_depthwise_separable_block_exports_and_starts_at_the_identity(tmp_path: Path) -> None:
+    """PMRID's block: same shapes, fewer parameters and multiply-adds, a residual network that
+    starts at the identity, and an ONNX export that matches PyTorch."""
+    from sidraw.train.unet import count_params, gflops_per_megapixel
+
+    conv = UNetConfig(channels=4, width=8, max_mult=4, residual=True)
+    dwsep = UNetConfig(channels=4, width=8, max_mult=4, residual=True, block="dwsep")
+    model = UNet(dwsep).eval()
+    x = torch.rand(1, 4, 32, 48) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model(x), x)
+    assert count_params(model) < count_params(UNet(conv)) / 2
+    assert gflops_per_megapixel(dwsep, 2) < gflops_per_megapixel(conv, 2) / 2
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    assert export_onnx(model, tmp_path / "d.onnx") <= 1e-4
+    with pytest.raises(ValueError, match="unknown block"):
+        UNet(UNetConfig(block="dense"))
+
+
 def test_export_parity_dynamic_size_and_warm_start(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = UNet(UNetConfig(channels=4, width=4, max_mult=4))

@@ -44,6 +44,7 @@ class TrainConfig:
     max_mult: int = 8
     residual: bool = False
     noise_map: bool = False
+    block: str = "conv"
     patch: int = 128
     batch: int = 8
     steps: int = 100_000
@@ -68,7 +69,7 @@ class TrainConfig:
     def unet(self) -> UNetConfig:
         return UNetConfig(
             channels=CFA_CHANNELS[self.cfa], width=self.width, max_mult=self.max_mult,
-            residual=self.residual, noise_map=self.noise_map,
+            residual=self.residual, noise_map=self.noise_map, block=self.block,
         )
 
 
@@ -217,7 +218,7 @@ class Trainer:
             # The network shape comes from the checkpoint; schedule, patch and batch from the
             # command line, so a resumed run can grow its patches.
             cfg.cfa, cfg.width, cfg.residual = stored.cfa, stored.width, stored.residual
-            cfg.max_mult, cfg.noise_map = stored.max_mult, stored.noise_map
+            cfg.max_mult, cfg.noise_map, cfg.block = stored.max_mult, stored.noise_map, stored.block
             cfg.patch_history = stored.patch_history
             self.step = int(ckpt["step"])  # type: ignore[arg-type]
             self.elapsed = float(ckpt["elapsed"])  # type: ignore[arg-type]
@@ -367,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--max-mult", type=int, default=d.max_mult,
                     help="cap on the width multiplier of the deepest levels (SID: 16)")
     ap.add_argument("--residual", action="store_true", help="add the input to the output")
+    ap.add_argument("--block", choices=["conv", "dwsep"], default=d.block,
+                    help="level block: SID's 3x3 convolutions or PMRID's depthwise-separable")
     ap.add_argument("--noise-map", action="store_true",
                     help="condition on the estimated noise (second input)")
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -401,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         batch=a.batch,
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
-        zero_head=a.zero_head, noise_map=a.noise_map, weight_decay=a.weight_decay,
+        zero_head=a.zero_head, noise_map=a.noise_map, block=a.block, weight_decay=a.weight_decay,
         clip=a.clip, ema=a.ema, loss=a.loss, workers=a.workers,
     )
     return cfg, Path(a.out), bool(a.resume)
