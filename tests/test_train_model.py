@@ -47,6 +47,26 @@ def test_depthwise_separable_block_exports_and_starts_at_the_identity(tmp_path: 
         UNet(UNetConfig(block="dense"))
 
 
+def test_depthwise_separable_network_leaves_the_identity() -> None:
+    """With PyTorch's default init the signal vanished through the depthwise stacks and the
+    network never left its zero head (the loss stayed put for a whole 22-minute run)."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 4, 64, 64) * 0.5
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    noisy, noise = x + 0.1 * torch.randn_like(x), torch.full((4, 2), 0.001)
+    model = UNet(UNetConfig(channels=4, width=16, max_mult=8, residual=True, noise_map=True,
+                            block="dwsep"))
+    opt = torch.optim.AdamW(model.parameters(), 3e-4)
+    losses = []
+    for _ in range(60):
+        loss = (model(noisy, noise) - y).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.99 * losses[0], losses[::10]
+
+
 def test_export_parity_dynamic_size_and_warm_start(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = UNet(UNetConfig(channels=4, width=4, max_mult=4))

@@ -54,7 +54,7 @@ class UNetConfig:
 def _double_conv(cin: int, cout: int, block: str = "conv") -> nn.Sequential:
     # LeakyReLU(0.2) as in SID: keeps gradients alive for the many negative, noise-only inputs.
     if block == "dwsep":
-        return nn.Sequential(
+        seq = nn.Sequential(
             nn.Conv2d(cin, cout, 1),
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, groups=cout),
@@ -64,6 +64,17 @@ def _double_conv(cin: int, cout: int, block: str = "conv") -> nn.Sequential:
             nn.Conv2d(cout, cout, 1),
             nn.LeakyReLU(0.2, inplace=True),
         )
+        # PyTorch's default init shrinks the signal by about sqrt(3) per layer; through twice as
+        # many, thinner layers it vanishes and the network never leaves its zero head. He init
+        # keeps the variance (the depthwise layers as plain linear maps).
+        for layer in seq:
+            if isinstance(layer, nn.Conv2d):
+                linear = layer.groups > 1
+                nn.init.kaiming_normal_(
+                    layer.weight, a=0.2, nonlinearity="linear" if linear else "leaky_relu"
+                )
+                nn.init.zeros_(layer.bias)
+        return seq
     if block != "conv":
         raise ValueError(f"unknown block {block!r} (conv or dwsep)")
     return nn.Sequential(
