@@ -341,7 +341,10 @@ def _flat_windows(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def flat_bias(
-    pred: np.ndarray, clean: np.ndarray, reference: np.ndarray | None = None
+    pred: np.ndarray,
+    clean: np.ndarray,
+    reference: np.ndarray | None = None,
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per-channel sums of ``pred - reference`` (default: ``clean``) and of ``clean`` over the
     flat, in-range patches of ``clean`` (:func:`_flat_windows`).
@@ -349,11 +352,12 @@ def flat_bias(
     There any colour shift is bias, not a smoothed detail. Summed over a set, ``diff / signal``
     is the relative bias per channel. Against the clean frame the sum also holds the input
     noise's own sampling error (about 1 % at K = 6 x300); against the unclipped amplified input,
-    which is unbiased, that cancels.
+    which is unbiased, that cancels. ``windows``: :func:`_flat_windows` of ``clean``, when the
+    caller already has them.
     """
     reference = clean if reference is None else reference
     f = FLAT_WINDOW
-    mean, flat, _ = _flat_windows(clean)
+    mean, flat, _ = _flat_windows(clean) if windows is None else windows
     h, w, c = mean.shape[0] * f, mean.shape[1] * f, clean.shape[2]
     pw = pred[:h, :w].reshape(h // f, f, w // f, f, c)
     rw = reference[:h, :w].reshape(h // f, f, w // f, f, c)
@@ -363,15 +367,19 @@ def flat_bias(
 
 
 def highlight_shift(
-    img: np.ndarray, ref_img: np.ndarray, clean: np.ndarray
+    img: np.ndarray,
+    ref_img: np.ndarray,
+    clean: np.ndarray,
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per-channel sums of ``img - ref_img`` and of ``ref_img`` (sRGB 0..1, (H, W, 3)) over the
     render windows of the flat patches of ``clean`` that are at the clip (:func:`_flat_windows`).
 
     Summed over a set, ``diff / ref`` per channel is how far blown highlights moved in the
     picture; the spread between channels is their tint (neutral highlights: no spread).
+    ``windows`` as for :func:`flat_bias`.
     """
-    _, _, at_clip = _flat_windows(clean)
+    _, _, at_clip = _flat_windows(clean) if windows is None else windows
     sy, sx = img.shape[0] // clean.shape[0], img.shape[1] // clean.shape[1]
     fy, fx = FLAT_WINDOW * sy, FLAT_WINDOW * sx
     gh, gw = min(at_clip.shape[0], img.shape[0] // fy), min(at_clip.shape[1], img.shape[1] // fx)
@@ -397,14 +405,15 @@ def metrics(
     if amplified is None:
         amplified = pair.normalised() * np.float32(pair.ratio)
     img = renderer(pred)
-    bias, signal = flat_bias(pred, pair.clean)
-    shift, lit = highlight_shift(img, ref_img, pair.clean)
+    windows = _flat_windows(pair.clean)
+    bias, signal = flat_bias(pred, pair.clean, windows=windows)
+    shift, lit = highlight_shift(img, ref_img, pair.clean, windows)
     return {
         "srgb_psnr": psnr(img, ref_img),
         "srgb_ssim": ssim(img, ref_img),
         "raw_psnr": psnr(pred, pair.clean),
         "bias": bias,
-        "bias_vs_input": flat_bias(pred, pair.clean, amplified)[0],
+        "bias_vs_input": flat_bias(pred, pair.clean, amplified, windows)[0],
         "signal": signal,
         "highlight_diff": shift,
         "highlight_ref": lit,
