@@ -62,14 +62,42 @@ class _Builder:
         self.nodes.append(helper.make_node("Concat", [a, b], [y], axis=1))
         return y
 
+    def noise_std(self, x: str) -> str:
+        """``sqrt(a * max(x, 0) + b)`` of the input ``x`` under the (N, 2) ``noise`` = [a, b]."""
+        self.inits.append(numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "nshape"))
+        terms = []
+        for i in (0, 1):
+            idx = self.name("idx")
+            self.inits.append(numpy_helper.from_array(np.array(i, np.int64), idx))
+            g, r = self.name("gather"), self.name("coef")
+            self.nodes += [
+                helper.make_node("Gather", ["noise", idx], [g], axis=1),
+                helper.make_node("Reshape", [g, "nshape"], [r]),
+            ]
+            terms.append(r)
+        pos, shot, var, std = (self.name(k) for k in ("pos", "shot", "var", "std"))
+        self.nodes += [
+            helper.make_node("Relu", [x], [pos]),
+            helper.make_node("Mul", [pos, terms[0]], [shot]),
+            helper.make_node("Add", [shot, terms[1]], [var]),
+            helper.make_node("Sqrt", [var], [std]),
+        ]
+        return self.concat(x, std)
 
-def build_unet(channels: int, width: int = 8, levels: int = 4, seed: int = 0) -> onnx.ModelProto:
-    """A U-Net ``channels`` -> ``channels`` with ``levels`` poolings (downsampling 2**levels)."""
+
+def build_unet(
+    channels: int, width: int = 8, levels: int = 4, seed: int = 0, noise_map: bool = False
+) -> onnx.ModelProto:
+    """A U-Net ``channels`` -> ``channels`` with ``levels`` poolings (downsampling 2**levels).
+
+    With ``noise_map`` it is shaped like sidraw's version-2 networks: a second input ``noise``
+    (N, 2), the expected noise std as ``channels`` extra input channels, and a global residual.
+    """
     b = _Builder(seed)
-    x = "input"
+    x = b.noise_std("input") if noise_map else "input"
     widths = [width * 2**i for i in range(levels + 1)]
     skips = []
-    cin = channels
+    cin = 2 * channels if noise_map else channels
     for i in range(levels):
         x = b.conv(b.conv(x, cin, widths[i]), widths[i], widths[i])
         skips.append(x)
@@ -81,11 +109,18 @@ def build_unet(channels: int, width: int = 8, levels: int = 4, seed: int = 0) ->
         x = b.concat(x, skips[i])
         x = b.conv(b.conv(x, 2 * widths[i], widths[i]), widths[i], widths[i])
     y = b.conv(x, widths[0], channels, k=1, act=False)
-    b.nodes.append(helper.make_node("Identity", [y], ["output"]))
+    b.nodes.append(
+        helper.make_node(
+            "Add" if noise_map else "Identity", [y, "input"][: 1 + noise_map], ["output"]
+        )
+    )
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, "h", "w"])]
+    if noise_map:
+        inputs.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, [1, 2]))
     graph = helper.make_graph(
         b.nodes,
         "unet",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, "h", "w"])],
+        inputs,
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, "h", "w"])],
         b.inits,
     )
@@ -96,14 +131,19 @@ def build_unet(channels: int, width: int = 8, levels: int = 4, seed: int = 0) ->
 
 
 def write_model(
-    folder: Path, cfa: str, width: int = 8, seed: int = 0, name: str | None = None
+    folder: Path,
+    cfa: str,
+    width: int = 8,
+    seed: int = 0,
+    name: str | None = None,
+    noise_map: bool = False,
 ) -> Path:
     """Write ``<name>.onnx`` and its model card into ``folder``; returns the card path."""
     channels = BAYER if cfa == "bayer" else XTRANS
     name = name or f"test-{cfa}"
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / f"{name}.onnx"
-    onnx.save(build_unet(len(channels), width=width, seed=seed), onnx_path)
+    onnx.save(build_unet(len(channels), width=width, seed=seed, noise_map=noise_map), onnx_path)
     card = {
         "name": name,
         "file": onnx_path.name,
@@ -115,6 +155,8 @@ def write_model(
         "output_name": "output",
         "normalisation": {"input_clip": [-1, 1], "output_clip": [0, 1]},
     }
+    if noise_map:
+        card["noise_input"] = "noise"
     card_path = folder / f"{name}.json"
     card_path.write_text(json.dumps(card, indent=2))
     return card_path
