@@ -92,3 +92,10 @@ def test_flat_bias_leaves_patches_at_the_clip_to_the_highlight_check() -> None:
     np.testing.assert_allclose(rel, [0, -0.03, 0], atol=1e-9)
     # Nothing at the clip: nothing to score.
     assert ev.highlight_shift(img, ref, np.full_like(clean, 0.4))[1] == [0.0, 0.0, 0.0]
+
+
+def test_an_int8_variant_is_evaluated_with_its_models_card(tmp_path: Path) -> None:
+    (tmp_path / "m.json").write_text("{}")
+    assert ev.card_beside(tmp_path / "m.int8.onnx") == tmp_path / "m.json"
+    assert ev.card_beside(tmp_path / "m.onnx") == tmp_path / "m.json"
+    assert ev.card_beside(tmp_path / "other.onnx") is None

@@ -208,3 +208,33 @@ def test_noise_conditioned_export_and_inference(tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match="noise estimate"):
         net(x)
+
+
+def test_int8_variant_validation_is_compared_case_for_case() -> None:
+    from sidraw.train.cards import variant_section, variant_validation
+
+    def row(srgb: float, raw: float) -> dict:
+        return {"srgb_psnr": srgb, "srgb_ssim": 0.5, "raw_psnr": raw, "below_naive_srgb": 0,
+                "below_naive_raw": 0, "min_raw_psnr": raw - 3, "colour_bias": 0.001,
+                "highlight_tint": 0.002}
+
+    naive = {"srgb_psnr": 15.0, "srgb_ssim": 0.2, "raw_psnr": 24.0}
+    own = {"sets": {
+        "K=0.1 x100": {"cases": 4, "naive": naive, "model": row(32.0, 42.0)},
+        "K=6 x300": {"cases": 4, "naive": naive, "model": row(21.0, 28.8)},
+    }}
+    int8 = {"sets": {
+        "K=0.1 x100": {"cases": 4, "naive": naive, "model": row(31.8, 41.9)},
+        "K=6 x300": {"cases": 4, "naive": naive, "model": row(21.01, 28.78)},
+    }}
+    got = variant_validation({"validation": own}, int8)
+    assert got["psnr_drop_db"] == pytest.approx(0.2) and got["raw_psnr_drop_db"] == 0.1
+    card = {"validation": own, "variants": {"int8": {"file": "m.int8.onnx", "sha256": "ab",
+                                                     **got}}}
+    text = "\n".join(variant_section(card))
+    assert "| K=0.1 x100 | 32.00 / 42.00 | 31.80 / 41.90 | -0.20 / -0.10 |" in text
+    # Other noise draws (the naive rows differ) are not a comparison.
+    other = json.loads(json.dumps(int8))
+    other["sets"]["K=6 x300"]["naive"]["raw_psnr"] = 24.1
+    with pytest.raises(ValueError, match="K=6 x300"):
+        variant_validation({"validation": own}, other)

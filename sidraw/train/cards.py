@@ -391,6 +391,7 @@ def markdown_card(card: dict) -> str:
             lines.append(f"Network time in the evaluation: {v['model_s_per_mp']} s per megapixel.")
     else:
         lines.append("Not evaluated.")
+    lines += variant_section(card)
     return "\n".join(lines) + "\n"
 
 
@@ -409,6 +410,92 @@ def write_cards(
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown_card(card))
     return card
+
+
+#: Per-set figures of a variant's evaluation kept in the card (floor and quality).
+VARIANT_FIGURES = (
+    "srgb_psnr", "srgb_ssim", "raw_psnr", "below_naive_srgb", "below_naive_raw", "min_raw_psnr",
+    "colour_bias", "highlight_tint",
+)
+
+
+def variant_validation(card: dict, summary: dict) -> dict:
+    """The evaluation of a reduced-precision copy of a card's network against the card's own.
+
+    Both evaluations must hold the same cases: the naive rows (which do not depend on the
+    network) must match set by set, or the comparison is refused.
+
+    Returns:
+        ``{"validation": {set: figures}, "psnr_drop_db": worst sRGB loss, "raw_psnr_drop_db":
+        worst raw loss}`` over the sets both hold.
+    """
+    own = (card.get("validation") or {}).get("sets") or {}
+    rows, drops, raw_drops = {}, [], []
+    for name, e in summary["sets"].items():
+        if name not in own or "model" not in e:
+            continue
+        if own[name]["naive"] != e["naive"] or own[name]["cases"] != e["cases"]:
+            raise ValueError(f"set {name!r}: not the cases of the card's own evaluation")
+        rows[name] = {k: e["model"][k] for k in VARIANT_FIGURES}
+        drops.append(own[name]["model"]["srgb_psnr"] - e["model"]["srgb_psnr"])
+        raw_drops.append(own[name]["model"]["raw_psnr"] - e["model"]["raw_psnr"])
+    if not rows:
+        raise ValueError("no set in common with the card's own evaluation")
+    return {
+        "validation": rows,
+        "psnr_drop_db": round(max(drops), 3),
+        "raw_psnr_drop_db": round(max(raw_drops), 3),
+    }
+
+
+def update_variant_validation(
+    card_path: str | Path, kind: str, summary: dict, variant_path: str | Path
+) -> dict:
+    """Put the evaluation of the ``kind`` variant (e.g. ``"int8"``) into the cards at
+    ``card_path`` (checks the variant file's sha256 against the card)."""
+    card_path = Path(card_path)
+    card = json.loads(card_path.read_text())
+    variant = card.get("variants", {}).get(kind)
+    if variant is None or variant.get("sha256") != sha256_file(variant_path):
+        raise ValueError(f"{card_path}: no {kind} variant with the sha256 of {variant_path}")
+    variant.update(variant_validation(card, summary))
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    card_path.with_suffix(".md").write_text(markdown_card(card))
+    return card
+
+
+def variant_section(card: dict) -> list[str]:
+    """Markdown lines on the card's INT8 variant (none without an evaluated one)."""
+    q = card.get("variants", {}).get("int8")
+    if not q or "validation" not in q:
+        return []
+    own = card["validation"]["sets"]
+    lines = [
+        "",
+        f"## INT8 variant (`{q['file']}`)",
+        "",
+        f"`sidraw convert --precision int8` runs a quantised copy of these weights (sha256 "
+        f"`{q['sha256']}`): INT8 QDQ, per-channel int8 weights and uint8 activations, layers in "
+        f"float: {q.get('float_layers', 'none')}; calibration: {q.get('calibration', '')}. "
+        f"Worst loss against float32 on the validation above: {q['psnr_drop_db']:.2f} dB sRGB, "
+        f"{q['raw_psnr_drop_db']:.2f} dB raw; `--precision auto` uses it only at 0.1 dB or less.",
+        "",
+        "| set | fp32 sRGB / raw | int8 sRGB / raw | int8 - fp32 | frames below naive (sRGB, "
+        "raw) | min raw | bias | highlight tint |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in q["validation"].items():
+        f = own[name]["model"]
+        lines.append(
+            f"| {name} | {f['srgb_psnr']:.2f} / {f['raw_psnr']:.2f} | {m['srgb_psnr']:.2f} / "
+            f"{m['raw_psnr']:.2f} | {m['srgb_psnr'] - f['srgb_psnr']:+.2f} / "
+            f"{m['raw_psnr'] - f['raw_psnr']:+.2f} | {m['below_naive_srgb']}, "
+            f"{m['below_naive_raw']} | {m['min_raw_psnr']:.2f} | {100 * m['colour_bias']:.2f} % "
+            f"| {100 * m['highlight_tint']:.2f} % |"
+        )
+    if "speed" in q:
+        lines += ["", q["speed"]]
+    return lines
 
 
 def update_validation(onnx_path: str | Path, summary: dict) -> dict:

@@ -254,11 +254,24 @@ class OnnxModel:
         )
 
 
+#: File-name suffix of the INT8 variant of a model (``<name>.int8.onnx`` beside ``<name>.json``).
+INT8_SUFFIX = ".int8"
+
+
+def card_beside(onnx_path: str | Path) -> Path | None:
+    """The model card of an ONNX file: ``<name>.json`` for ``<name>.onnx`` or for its INT8
+    variant ``<name>.int8.onnx``; None without one."""
+    path = Path(onnx_path)
+    stem = path.stem.removesuffix(INT8_SUFFIX)
+    card = path.with_name(stem + ".json")
+    return card if card.exists() else None
+
+
 def card_correction(onnx_path: str | Path) -> tuple[int, float]:
     """The mean-correction block and residual guard of the model card beside an ONNX file
     (0, 0.0 without one)."""
-    card = Path(onnx_path).with_suffix(".json")
-    if not card.exists():
+    card = card_beside(onnx_path)
+    if card is None:
         return 0, 0.0
     loaded = load_card(card)
     return loaded.mean_block, loaded.guard
@@ -714,7 +727,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets", nargs="*", default=None, help=f"set names: {', '.join(SET_NAMES)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--update-card", action="store_true", help="write the table into the model's cards"
+        "--update-card", action="store_true",
+        help="write the table into the model's cards (for <name>.int8.onnx: its variant entry)",
     )
     a = ap.parse_args(argv)
     images = a.images or (32 if a.cfa == "bayer" else 4)
@@ -724,9 +738,12 @@ def main(argv: list[str] | None = None) -> None:
         mean_block=a.mean_block, guard=a.guard,
     )
     if a.update_card and a.model:
-        from .cards import update_validation
+        from .cards import update_validation, update_variant_validation
 
-        update_validation(a.model, s)
+        if Path(a.model).stem.endswith(INT8_SUFFIX):
+            update_variant_validation(card_beside(a.model), "int8", s, a.model)
+        else:
+            update_validation(a.model, s)
     print(markdown_table(s))
 
 
