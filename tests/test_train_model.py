@@ -67,6 +67,28 @@ def test_depthwise_separable_network_leaves_the_identity() -> None:
     assert losses[-1] < 0.99 * losses[0], losses[::10]
 
 
+@pytest.mark.parametrize("kind, ratio", [("l1", 1.0), ("l2", 0.1), ("psnr", 10.0),
+                                         ("log-l1", 10.0)])
+def test_loss_weighs_each_patch_by_its_own_error(kind: str, ratio: float) -> None:
+    """Two patches, one with a tenth of the other's error: the pixel losses pull on each pixel
+    by its error (L1 alike, L2 ten times less on the clean one), the per-patch log losses pull
+    ten times harder on the clean patch, so that every patch's dB count alike."""
+    y = torch.rand(2, 4, 8, 8)
+    sign = torch.where(torch.rand(2, 4, 8, 8) < 0.5, -1.0, 1.0)
+    pred = (y + sign * torch.tensor([0.1, 0.01]).view(2, 1, 1, 1)).requires_grad_()
+    loss = loop.batch_loss(pred, y, kind)
+    loss.backward()
+    noisy, clean = (pred.grad[i].abs().mean().item() for i in (0, 1))  # type: ignore[union-attr]
+    assert clean / noisy == pytest.approx(ratio, rel=1e-3)
+    if kind == "psnr":
+        assert loss.item() == pytest.approx(-(20.0 + 40.0) / 2, rel=1e-4)
+
+
+def test_unknown_loss_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown loss"):
+        loop.batch_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2), "ssim")
+
+
 def test_export_parity_dynamic_size_and_warm_start(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = UNet(UNetConfig(channels=4, width=4, max_mult=4))

@@ -15,6 +15,11 @@ from .export import OPSET, sha256_file
 from .loop import TrainConfig
 from .unet import DOWNSAMPLE, UNet, count_params, gflops_per_megapixel
 
+LOSS_NAMES = {
+    "l1": "L1", "l2": "L2", "psnr": "Per-patch PSNR (mean of 10 log10 MSE)",
+    "log-l1": "Per-patch log L1",
+}
+
 DATASETS = [
     ("BSDS500", "Berkeley Segmentation Data Set photos (Arbelaez et al. 2011)",
      "non-commercial research and teaching (Berkeley page); cite Arbelaez et al."),
@@ -187,7 +192,7 @@ def build_card(
             },
             "unprocess": unprocess_description(),
             "noise": noise_description(),
-            "loss": f"{cfg.loss.upper()} on the packed normalised raw",
+            "loss": f"{LOSS_NAMES.get(cfg.loss, cfg.loss)} on the packed normalised raw",
             "optimizer": f"AdamW (weight decay {cfg.weight_decay:g}), lr {cfg.lr:g} with "
                          f"{cfg.warmup}-step warm-up and cosine decay to {cfg.lr_min:g}, "
                          f"gradient norm clipped at {cfg.clip:g}"

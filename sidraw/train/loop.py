@@ -2,8 +2,9 @@
 
 Recipe: linear warm-up then cosine decay of the learning rate, AdamW, gradient clipping, an
 exponential moving average of the weights (what is validated and exported), L1 loss (``--loss l2``
-for a final phase), pairs made in worker processes (``--workers``) so the training thread only
-trains. Example (a noise-conditioned residual Bayer model)::
+for a final phase; ``psnr`` or ``log-l1`` weigh each patch by its own error), pairs made in
+worker processes (``--workers``) so the training thread only trains. Example (a
+noise-conditioned residual Bayer model)::
 
     python -m sidraw.train.loop --cfa bayer --width 24 --residual --noise-map --patch 128 \\
         --batch 8 --minutes 120 --out runs/bayer-nm
@@ -194,6 +195,35 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+LOSSES = ("l1", "l2", "psnr", "log-l1")
+# Floors under a patch's error in the log losses: far below any patch's real error (an 8-bit
+# step is 1.5e-5 in MSE), only there so that a perfect patch stays finite.
+_MSE_FLOOR = 1e-10
+_L1_FLOOR = 1e-6
+
+
+def batch_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of a batch of ``(N, C, h, w)`` predictions against the clean patches ``y``.
+
+    ``l1`` and ``l2`` average over every pixel, so the noisiest patches, whose errors are
+    largest, dominate the gradient. ``psnr`` (the mean over patches of ``10 log10(MSE)``, minus
+    each patch's PSNR) and ``log-l1`` (the mean of ``log L1``) weigh each patch by the inverse of
+    its own error: a patch halving its error gains as much as any other, whatever its noise,
+    which is what a validation averaging PSNR over noise levels rewards.
+    """
+    err = pred - y
+    if kind == "l1":
+        return torch.mean(torch.abs(err))
+    if kind == "l2":
+        return torch.mean(err**2)
+    if kind == "psnr":
+        mse = torch.mean(err**2, dim=(1, 2, 3))
+        return torch.mean(10.0 * torch.log10(mse + _MSE_FLOOR))
+    if kind == "log-l1":
+        return torch.mean(torch.log(torch.mean(torch.abs(err), dim=(1, 2, 3)) + _L1_FLOOR))
+    raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
+
+
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * weights`` for every floating tensor of ``model``."""
     with torch.no_grad():
@@ -266,11 +296,9 @@ class Trainer:
         return model(x)
 
     def loss(self, pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch: L1 (or L2) to the clean patch ``y`` (a subclass may distil
-        from a teacher instead, as :mod:`sidraw.train.qat` does)."""
-        if self.cfg.loss == "l2":
-            return torch.mean((pred - y) ** 2)
-        return torch.mean(torch.abs(pred - y))
+        """Training loss of a batch against the clean patch ``y`` (:func:`batch_loss`; a
+        subclass may distil from a teacher instead, as :mod:`sidraw.train.qat` does)."""
+        return batch_loss(pred, y, self.cfg.loss)
 
     def log(self, msg: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {msg}"
@@ -375,7 +403,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--weight-decay", type=float, default=d.weight_decay)
     ap.add_argument("--clip", type=float, default=d.clip, help="gradient norm clip (0: off)")
     ap.add_argument("--ema", type=float, default=d.ema, help="weight averaging decay (0: off)")
-    ap.add_argument("--loss", choices=("l1", "l2"), default=d.loss)
+    ap.add_argument("--loss", choices=LOSSES, default=d.loss,
+                    help="l1, l2, or per patch: psnr (minus its PSNR) or log-l1 (log of its L1)")
     ap.add_argument("--workers", type=int, default=d.workers,
                     help="processes that make training pairs (0: the training process)")
     ap.add_argument("--patch", type=int, default=d.patch, help="packed patch edge (pixels)")
