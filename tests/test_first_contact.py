@@ -235,8 +235,8 @@ def _xmp(path: Path, name: str) -> str:
 
 
 def test_int8_provenance_in_xmp_and_json(tmp_path: Path, make_dng, models_dir: Path) -> None:
-    # The bundled models have no INT8 variant (Bayer version 3's lost up to
-    # 0.46 dB, so none ships); a quantised copy of the test model has one.
+    # The bundled models have no INT8 variant (one of Bayer version 3's first fine-tuning stage
+    # lost up to 0.46 dB, so none ships); a quantised copy of the test model has one.
     from sidraw.quantize import quantize
 
     folder = tmp_path / "model"
