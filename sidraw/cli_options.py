@@ -185,7 +185,7 @@ Tile = Annotated[
 ]
 Overlap = Annotated[
     int | None,
-    option("--overlap", help="Tile overlap (default: model's).", panel=PANEL_MODEL, metavar="N"),
+    option("--overlap", help="Tile overlap (default: staged).", panel=PANEL_MODEL, metavar="N"),
 ]
 Serial = Annotated[
     bool, option("--serial", help="One file at a time (less memory).", panel=PANEL_MODEL)

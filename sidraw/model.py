@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
+from .staged import Stages
 from .tiling import DEFAULT_TILE
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -65,6 +66,11 @@ class ModelCard:
             to the output (:mod:`sidraw.mean_correction`); 0 for none.
         guard: the mean correction's residual guard ``c`` (0: none): each block keeps at most
             ``c`` times the expected noise energy of the network's correction.
+        staged_level: the level ``L`` at which staged inference cuts the network
+            (:mod:`sidraw.staged`); 0: overlapping tiles only.
+        staged_context: packed pixels that the full-resolution stages read around each tile,
+            measured at export (:func:`sidraw.staged.measure_context`).
+        staged_tile: default side of those tiles (0: ``tile``).
         raw: the whole card as loaded.
     """
 
@@ -82,6 +88,9 @@ class ModelCard:
     noise_input: str | None = None
     mean_block: int = 0
     guard: float = 0.0
+    staged_level: int = 0
+    staged_context: int = 0
+    staged_tile: int = 0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -121,6 +130,9 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
             noise_input=str(data["noise_input"]) if data.get("noise_input") else None,
             mean_block=int(data.get("mean_correction", {}).get("block", 0)),
             guard=float(data.get("mean_correction", {}).get("guard", 0.0)),
+            staged_level=int(data.get("staged", {}).get("level", 0)),
+            staged_context=int(data.get("staged", {}).get("context", 0)),
+            staged_tile=int(data.get("staged", {}).get("tile", 0)),
             variants={str(k): dict(v) for k, v in data.get("variants", {}).items()},
             raw=data,
         )
@@ -138,6 +150,19 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
         raise ModelError("model card mean_correction block must be at least 0", path)
     if card.guard < 0 or (card.guard and not card.mean_block):
         raise ModelError("model card mean_correction guard must be at least 0, with a block", path)
+    scale = 2**card.staged_level
+    if card.staged_level and (
+        scale >= card.downsample
+        or card.staged_context < 0
+        or card.staged_context % card.downsample
+        or card.staged_tile < 0
+        or card.staged_tile % card.downsample
+    ):
+        raise ModelError(
+            "model card staged level must be below log2(downsample), its context and tile "
+            "multiples of downsample",
+            path,
+        )
     return card
 
 
@@ -323,6 +348,9 @@ class Network:
         self.card = card
         self.providers = tuple(self.session.get_providers())
         self.threads = opts.intra_op_num_threads
+        self._model = model
+        self._options = opts
+        self._stage_sessions: tuple[Any, Any, Any, str, str] | None = None
 
     @property
     def device(self) -> str:
@@ -351,21 +379,100 @@ class Network:
         run (for the last tile of an image, so rendering and writing do not stack on top of the
         network's memory).
         """
+        (out,) = self.session.run(
+            [self.card.output_name], self._feeds(batch, noise), self._run_options(release_memory)
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def _feeds(self, batch: np.ndarray, noise: np.ndarray | None) -> dict[str, np.ndarray]:
         feeds = {self.card.input_name: batch.astype(np.float32, copy=False)}
         if self.card.noise_input is not None:
             if noise is None:
                 raise ModelError("this model needs the frame's noise estimate", self.card.path)
             vec = np.asarray(noise, dtype=np.float32).reshape(1, 2)
             feeds[self.card.noise_input] = np.repeat(vec, batch.shape[0], axis=0)
-        options = None
-        if release_memory:
-            import onnxruntime as ort
+        return feeds
 
-            options = ort.RunOptions()
-            device = "gpu:0" if self.device == "cuda" else "cpu:0"
-            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
-        (out,) = self.session.run([self.card.output_name], feeds, options)
-        return np.asarray(out, dtype=np.float32)
+    def _run_options(self, release_memory: bool) -> Any:
+        if not release_memory:
+            return None
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        device = "gpu:0" if self.device == "cuda" else "cpu:0"
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
+        return options
+
+    def stages(self, noise: np.ndarray | None = None) -> Stages | None:
+        """The network cut for staged inference (:mod:`sidraw.staged`), for a frame of this
+        ``noise``; None where the card names no split level, for INT8 and float16 variants
+        (only float32 graphs are cut: their stages pass float32 features), or without the
+        ``onnx`` package.
+
+        Raises:
+            ModelError: the graph cannot be cut where its card says.
+        """
+        card = self.card
+        if not card.staged_level or self.precision != "fp32":
+            return None
+        if self._stage_sessions is None:
+            try:
+                self._stage_sessions = self._load_stages()
+            except ImportError:
+                return None
+        encode, deep, decode, features, answer = self._stage_sessions
+
+        def run(session: Any, name: str, feeds: dict[str, np.ndarray], last: bool) -> np.ndarray:
+            (out,) = session.run([name], feeds, self._run_options(last))
+            return np.asarray(out, dtype=np.float32)
+
+        def enc(x: np.ndarray, *, last: bool = False) -> np.ndarray:
+            return run(encode, features, self._feeds(x, noise), last)
+
+        def mid(f: np.ndarray, *, last: bool = False) -> np.ndarray:
+            return run(deep, answer, {features: f}, last)
+
+        def dec(x: np.ndarray, a: np.ndarray, *, last: bool = False) -> np.ndarray:
+            return run(decode, card.output_name, {**self._feeds(x, noise), answer: a}, last)
+
+        scale = 2**card.staged_level
+        step = card.downsample // scale
+        return Stages(
+            encode=enc,
+            deep=mid,
+            decode=dec,
+            scale=scale,
+            context=card.staged_context,
+            deep_overlap=-(-card.overlap // scale // step) * step,
+            answer_channels=int(deep.get_outputs()[0].shape[1]),
+        )
+
+    def _load_stages(self) -> tuple[Any, Any, Any, str, str]:
+        import onnxruntime as ort
+
+        from .unet_split import split_unet
+
+        card = self.card
+        model = self._model if isinstance(self._model, bytes) else card.path.read_bytes()
+        if not isinstance(self._model, bytes) and hashlib.sha256(model).hexdigest() != card.sha256:
+            raise ModelError("model file changed after it was loaded", card.path)
+        inputs = [card.input_name, *([card.noise_input] if card.noise_input else [])]
+        try:
+            cut = split_unet(model, card.staged_level, inputs, card.output_name)
+            sessions = [
+                ort.InferenceSession(
+                    part, sess_options=self._options, providers=list(self.providers)
+                )
+                for part in (cut.encode, cut.deep, cut.decode)
+            ]
+        except (ValueError, KeyError) as exc:
+            message = f"cannot cut the network for staged inference ({exc})"
+            raise ModelError(message, card.path) from None
+        except ImportError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own, untyped, errors
+            raise ModelError(f"onnxruntime cannot load a stage ({exc})", card.path) from None
+        return sessions[0], sessions[1], sessions[2], cut.features, cut.answer
 
     def release_after(self, batch: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """:meth:`__call__` with ``release_memory=True``."""

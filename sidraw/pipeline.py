@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import rawpy
@@ -41,7 +41,10 @@ from .render import (
     render,
     render_strips,
 )
-from .tiling import run_tiled_stream, stream_reread_start
+from .staged import Stages, run_staged_stream
+from .tiling import default_margin, plan_axis, run_tiled_stream, stream_reread_start
+
+Tiling = Literal["auto", "staged", "tiles"]
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
 TAKE_ROWS = 32
@@ -68,6 +71,10 @@ class ConvertOptions:
         preview: also write a small before/after JPEG next to the output.
         tile, overlap: tiling in packed pixels (None: the model card's; its overlap is measured
             at export, its tile chosen for that overlap).
+        tiling: ``"auto"``: staged inference (:mod:`sidraw.staged`) where the model card names
+            a split level and no ``overlap`` is given, overlapping tiles otherwise; ``"staged"``
+            or ``"tiles"`` to choose (``"staged"`` falls back to tiles for models that cannot
+            be cut). ``tile`` is the side of the full-resolution tiles in both.
         overwrite: replace existing outputs.
     """
 
@@ -82,6 +89,7 @@ class ConvertOptions:
     preview: bool = False
     tile: int | None = None
     overlap: int | None = None
+    tiling: Tiling = "auto"
     overwrite: bool = False
 
 
@@ -213,13 +221,24 @@ def denoise(
 
     tile = options.tile if options.tile is not None else network.card.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
-    if overlap >= tile:
-        raise ModelError(f"tile overlap {overlap} is not smaller than the tile {tile}", info.path)
     multiple = network.card.downsample
+    margin = default_margin(overlap, multiple)
+    tiles = 0  # overlapping tiles this frame needs (0: the overlap does not fit the tile)
+    if overlap < tile:
+        tiles = len(plan_axis(h, tile, overlap, multiple, margin).origins) * len(
+            plan_axis(w, tile, overlap, multiple, margin).origins
+        )
+    stages = staged_network(network, options, model_noise, tiles)
+    if stages is None and not tiles:
+        raise ModelError(f"tile overlap {overlap} is not smaller than the tile {tile}", info.path)
+    if stages is not None and options.tile is None and network.card.staged_tile:
+        tile = network.card.staged_tile
     # Rows are handed over when no later tile row reads them, except the bottom rows that the
     # last tile row reflects (and the bottom padding of the CFA blocks, one period up): those
-    # are kept aside until the end, so that writing into the source buffer is safe.
-    keep_from = min(stream_reread_start(h, tile, overlap, multiple), h - 2)
+    # are kept aside until the end, so that writing into the source buffer is safe. Staged
+    # inference hands rows over only after their last read.
+    reread = h if stages is not None else stream_reread_start(h, tile, overlap, multiple)
+    keep_from = min(reread, h - 2)
     kept: list[tuple[int, np.ndarray]] = []
     all_cols = np.arange(w)
 
@@ -262,18 +281,25 @@ def denoise(
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
-    run_tiled_stream(
-        (h, w),
-        network_input,
-        run,
-        take_rows,
-        tile=tile,
-        overlap=overlap,
-        multiple=multiple,
-        out_channels=channels,
-        progress=progress,
-        last_fn=run_last,
-    )
+    if stages is not None:
+        # The reflect margin of overlapping tiles, so that borders see the same context.
+        run_staged_stream(
+            (h, w), network_input, stages, take_rows, tile=tile, out_channels=channels,
+            multiple=multiple, margin=margin, progress=progress,
+        )
+    else:
+        run_tiled_stream(
+            (h, w),
+            network_input,
+            run,
+            take_rows,
+            tile=tile,
+            overlap=overlap,
+            multiple=multiple,
+            out_channels=channels,
+            progress=progress,
+            last_fn=run_last,
+        )
     if correction is not None:
         correction.close()
     for row0, clean in kept:
@@ -281,6 +307,20 @@ def denoise(
     band.clear()
     t["inference"] = time.perf_counter() - start
     return target, decision
+
+
+def staged_network(
+    network: Network, options: ConvertOptions, noise: np.ndarray | None, tiles: int
+) -> Stages | None:
+    """The network's stages where ``options.tiling`` asks for staged inference and its card
+    allows it (see :class:`ConvertOptions`), else None (overlapping tiles). ``auto`` keeps a
+    frame that overlapping tiles cover in ``tiles == 1`` tile as one tile: that is the network
+    on the whole frame already, without the stages' repeated levels."""
+    if options.tiling == "tiles":
+        return None
+    if options.tiling == "auto" and (options.overlap is not None or tiles == 1):
+        return None
+    return network.stages(noise)
 
 
 def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:

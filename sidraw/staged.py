@@ -1,0 +1,324 @@
+"""Staged inference: a U-Net's full-resolution levels in tiles, its deep levels on the whole frame.
+
+Overlapping tiles (:mod:`sidraw.tiling`) must overlap by all of the network's reach, and a
+trained U-Net reaches far: sidraw-bayer version 3 needs 160 packed pixels, so its 960-pixel
+tiles feed a 12 MP frame 1.55 times its pixels. That reach comes from the deep levels, which
+work on a frame ``2**L`` times smaller along each axis. Staged inference cuts the network at
+level ``L`` (:mod:`sidraw.unet_split`) and runs it in three passes:
+
+1. ``encode``: the ``L`` full-resolution levels, in tiles that overlap only by those levels'
+   own small reach (``context``), filling the features of the whole frame at ``1/2**L`` size;
+2. ``deep``: the deep levels on those features, in one piece up to ``deep_tile`` pixels a
+   side (a 12 MP Bayer frame at ``L = 2``), else in overlapping tiles as in
+   :func:`sidraw.tiling.run_tiled`;
+3. ``decode``: the full-resolution levels again (for their skip connections) and the decoder,
+   in the same small-overlap tiles, each with its part of the deep answer. Rows are handed on
+   in order as soon as no later tile reads them, so output may go into the input's buffer.
+
+Where the deep stage runs in one piece, the result is the network on the whole reflect-padded
+frame (:func:`sidraw.tiling.run_whole` with the same margin) up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Protocol
+
+import numpy as np
+
+from .tiling import ReadFn, WriteFn, plan_axis, reflect_index, run_tiled
+
+#: Largest side, in pixels of the deep stage's input, that it runs in one piece (with the
+#: tiling slack, 576): at level 2 a 12 MP Bayer or 24 MP X-Trans frame.
+DEEP_TILE = 512
+#: Reflect padding around the frame (packed pixels), as :func:`sidraw.tiling.run_whole`.
+DEFAULT_MARGIN = 32
+
+
+class StageFn(Protocol):
+    def __call__(self, *inputs: np.ndarray, last: bool = False) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The three stages of a network cut at level ``log2(scale)``.
+
+    Attributes:
+        encode: (1, C, h, w) float32 input -> (1, F, h/scale, w/scale) features.
+        deep: (1, F, a, b) features -> (1, A, a, b) deep answer.
+        decode: (1, C, h, w) input and (1, A, h/scale, w/scale) answer -> (1, C', h, w) output.
+        scale: ``2**L``.
+        context: packed pixels each encode or decode tile reads beyond its own part on every
+            side (a multiple of the network's downsampling, at least the reach of those levels).
+        deep_overlap: overlap of deep tiles, in deep pixels, when the frame needs several.
+        answer_channels: ``A``.
+
+    Each function takes ``last=True`` on its stage's last call (to release memory pools).
+    """
+
+    encode: StageFn
+    deep: StageFn
+    decode: StageFn
+    scale: int
+    context: int
+    deep_overlap: int
+    answer_channels: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """One tile of an axis in padded coordinates: it answers for ``lo..hi`` and reads
+    ``read_lo..read_hi`` (``lo..hi`` widened by the context, inside the padded frame)."""
+
+    lo: int
+    hi: int
+    read_lo: int
+    read_hi: int
+
+
+def plan_windows(padded: int, tile: int, context: int, multiple: int) -> list[Window]:
+    """Cut a padded axis (a multiple of ``multiple`` long) into about equal parts of at most
+    ``tile`` pixels, aligned to ``multiple``, each read with ``context`` on both sides."""
+    if padded % multiple or context % multiple or tile < multiple:
+        raise ValueError(f"axis {padded}, context {context} and tile {tile} need {multiple}s")
+    n = -(-padded // tile)
+    cuts = sorted({min(padded, -(-(i * padded) // (n * multiple)) * multiple) for i in range(n)})
+    bounds = [*cuts, padded]
+    return [
+        Window(lo, hi, max(0, lo - context), min(padded, hi + context))
+        for lo, hi in pairwise(bounds)
+        if hi > lo
+    ]
+
+
+def _batch(values: np.ndarray) -> np.ndarray:
+    """(h, w, C) -> contiguous (1, C, h, w)."""
+    return np.ascontiguousarray(values.transpose(2, 0, 1)[None])
+
+
+def _last_reads(windows: list[Window], length: int, margin: int) -> list[int]:
+    """For each tile row, the first image row that a later tile row reads (``length``: none)."""
+    firsts = [int(reflect_index(w.read_lo, w.read_hi, length, margin).min()) for w in windows]
+    later = [length] * len(windows)
+    for k in range(len(windows) - 2, -1, -1):
+        later[k] = min(later[k + 1], firsts[k + 1])
+    return later
+
+
+def run_staged_stream(
+    shape: tuple[int, int],
+    read: ReadFn,
+    stages: Stages,
+    write: WriteFn,
+    *,
+    tile: int,
+    out_channels: int,
+    multiple: int = 16,
+    margin: int = DEFAULT_MARGIN,
+    deep_tile: int = DEEP_TILE,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run a staged network over an image read and written in rows (as
+    :func:`sidraw.tiling.run_tiled_stream`).
+
+    Args:
+        shape: (h, w) of the image in packed pixels.
+        read: the network input at image indices (see :data:`sidraw.tiling.ReadFn`); each
+            position is read twice, once per full-resolution pass.
+        stages: the cut network.
+        write: receives finished rows in image order, each only after the last read of it.
+        tile: largest side of an encode or decode tile (packed pixels, a multiple of
+            ``multiple``).
+        out_channels: channels of the output.
+        multiple: the whole network's downsampling factor.
+        margin: reflect padding around the image (a multiple of ``multiple``).
+        deep_tile: largest side of a deep tile, in deep pixels.
+        progress: called with ``(done, total)`` after each tile of each pass.
+    """
+    h, w = shape
+    s = stages.scale
+    py = plan_axis(h, 1 << 30, 0, multiple, margin)
+    px = plan_axis(w, 1 << 30, 0, multiple, margin)
+    wy = plan_windows(py.padded, tile, stages.context, multiple)
+    wx = plan_windows(px.padded, tile, stages.context, multiple)
+    cols = [reflect_index(x.read_lo, x.read_hi, w, margin) for x in wx]
+    deep_multiple = multiple // s
+    deep_tile = -(-deep_tile // deep_multiple) * deep_multiple
+    deep_plans = [
+        plan_axis(n // s, deep_tile, stages.deep_overlap, deep_multiple, 0)
+        for n in (py.padded, px.padded)
+    ]
+    total = 2 * len(wy) * len(wx) + len(deep_plans[0].origins) * len(deep_plans[1].origins)
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    features = _encode_pass(read, stages, wy, wx, cols, h, margin, (py.padded, px.padded), tick)
+
+    def deep(batch: np.ndarray) -> np.ndarray:
+        tick()
+        return stages.deep(batch)
+
+    def deep_last(batch: np.ndarray) -> np.ndarray:
+        tick()
+        return stages.deep(batch, last=True)
+
+    answer = run_tiled(
+        features, deep, tile=deep_tile, overlap=stages.deep_overlap, multiple=deep_multiple,
+        margin=0, out_channels=stages.answer_channels, last_fn=deep_last,
+    )
+    del features
+    _decode_pass(read, stages, answer, write, wy, wx, cols, (h, w), margin, out_channels, tick)
+
+
+def _encode_pass(
+    read: ReadFn,
+    stages: Stages,
+    wy: list[Window],
+    wx: list[Window],
+    cols: list[np.ndarray],
+    h: int,
+    margin: int,
+    padded: tuple[int, int],
+    tick: Callable[[], None],
+) -> np.ndarray:
+    """(padded h / s, padded w / s, F) float32 features of the whole padded frame."""
+    s = stages.scale
+    features: np.ndarray | None = None
+    for ky, y in enumerate(wy):
+        rows = reflect_index(y.read_lo, y.read_hi, h, margin)
+        for kx, x in enumerate(wx):
+            last = ky == len(wy) - 1 and kx == len(wx) - 1
+            out = stages.encode(_batch(read(rows, cols[kx])), last=last)[0]
+            if features is None:
+                shape = (padded[0] // s, padded[1] // s, out.shape[0])
+                features = np.empty(shape, dtype=np.float32)
+            part = out[:, (y.lo - y.read_lo) // s : (y.hi - y.read_lo) // s,
+                       (x.lo - x.read_lo) // s : (x.hi - x.read_lo) // s]
+            features[y.lo // s : y.hi // s, x.lo // s : x.hi // s] = part.transpose(1, 2, 0)
+            tick()
+    assert features is not None
+    return features
+
+
+def _decode_pass(
+    read: ReadFn,
+    stages: Stages,
+    answer: np.ndarray,
+    write: WriteFn,
+    wy: list[Window],
+    wx: list[Window],
+    cols: list[np.ndarray],
+    shape: tuple[int, int],
+    margin: int,
+    out_channels: int,
+    tick: Callable[[], None],
+) -> None:
+    h, w = shape
+    s = stages.scale
+    later = _last_reads(wy, h, margin)
+    pending: list[tuple[int, np.ndarray]] = []  # finished image rows not yet safe to hand on
+
+    def flush(limit: int) -> None:
+        while pending and pending[0][0] < limit:
+            row0, rows = pending.pop(0)
+            n = min(rows.shape[0], limit - row0)
+            write(row0, rows[:n])
+            if n < rows.shape[0]:
+                pending.insert(0, (row0 + n, rows[n:]))
+
+    for ky, y in enumerate(wy):
+        rows = reflect_index(y.read_lo, y.read_hi, h, margin)
+        band = np.empty((y.hi - y.lo, w, out_channels), dtype=np.float32)
+        for kx, x in enumerate(wx):
+            last = ky == len(wy) - 1 and kx == len(wx) - 1
+            deep = answer[y.read_lo // s : y.read_hi // s, x.read_lo // s : x.read_hi // s]
+            out = stages.decode(_batch(read(rows, cols[kx])), _batch(deep), last=last)[0]
+            if out.shape[0] != out_channels:
+                raise ValueError(f"network returned {out.shape[0]} channels, not {out_channels}")
+            # The part of this tile's core inside the image (not the reflect padding).
+            lo, hi = max(x.lo, margin), min(x.hi, margin + w)
+            if hi > lo:
+                part = out[:, y.lo - y.read_lo : y.hi - y.read_lo, lo - x.read_lo : hi - x.read_lo]
+                band[:, lo - margin : hi - margin] = part.transpose(1, 2, 0)
+            tick()
+        top, bottom = max(y.lo, margin), min(y.hi, margin + h)
+        if bottom > top:
+            pending.append((top - margin, band[top - y.lo : bottom - y.lo]))
+        flush(later[ky])
+    flush(h)
+
+
+def run_staged(
+    image: np.ndarray,
+    stages: Stages,
+    *,
+    tile: int,
+    multiple: int = 16,
+    margin: int = DEFAULT_MARGIN,
+    deep_tile: int = DEEP_TILE,
+) -> np.ndarray:
+    """:func:`run_staged_stream` on an in-memory (h, w, C) float32 image; returns the
+    (h, w, C') float32 output (C' = C)."""
+    h, w, c = image.shape
+    out = np.empty((h, w, c), dtype=np.float32)
+
+    def read(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return image[np.ix_(rows, cols)]
+
+    def write(row0: int, rows: np.ndarray) -> None:
+        out[row0 : row0 + rows.shape[0]] = rows
+
+    run_staged_stream(
+        (h, w), read, stages, write, tile=tile, out_channels=c, multiple=multiple,
+        margin=margin, deep_tile=deep_tile,
+    )
+    return out
+
+
+#: Largest relative difference between staged and whole-frame inference that :func:`measure_context`
+#: accepts: float rounding, far below a 16-bit step.
+CONTEXT_TOLERANCE = 1e-5
+#: The full-resolution tiles :func:`measure_context` uses: small, so the frame has many seams.
+CONTEXT_TILE = 64
+
+
+def measure_context(
+    whole: Callable[[np.ndarray], np.ndarray],
+    stages: Stages,
+    image: np.ndarray,
+    *,
+    multiple: int = 16,
+    largest: int = 128,
+) -> int:
+    """Smallest context (a multiple of ``multiple``) at which staged inference with small tiles
+    reproduces the network on the whole frame (``whole``: (1, C, h, w) -> (1, C, h, w)) within
+    :data:`CONTEXT_TOLERANCE` on ``image`` (h, w, C), the deep stage in one piece.
+
+    Raises:
+        ValueError: no context up to ``largest`` does (the cut is wrong for this network).
+    """
+    from dataclasses import replace
+
+    from .tiling import run_whole
+
+    reference = run_whole(image, whole, multiple=multiple, margin=DEFAULT_MARGIN)
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    deep_tile = max(image.shape[:2]) + 2 * DEFAULT_MARGIN + multiple
+    error = float("inf")
+    for context in range(multiple, largest + 1, multiple):
+        staged = run_staged(
+            image, replace(stages, context=context), tile=CONTEXT_TILE, multiple=multiple,
+            deep_tile=deep_tile,
+        )
+        error = float(np.abs(staged - reference).max()) / scale
+        if error <= CONTEXT_TOLERANCE:
+            return context
+    raise ValueError(f"staged inference differs from the whole frame by {error:.2g} at context "
+                     f"{largest}")
