@@ -260,3 +260,33 @@ def test_int8_variant_validation_is_compared_case_for_case() -> None:
     other["sets"]["K=6 x300"]["naive"]["raw_psnr"] = 24.1
     with pytest.raises(ValueError, match="K=6 x300"):
         variant_validation({"validation": own}, other)
+
+
+def test_exported_network_records_its_staged_context(tmp_path: Path) -> None:
+    from sidraw.model import Network, load_card
+    from sidraw.staged import run_staged
+    from sidraw.tiling import run_whole
+    from sidraw.train.cards import write_cards
+    from sidraw.train.loop import TrainConfig
+    from sidraw.train.stage_card import stage_card
+
+    torch.manual_seed(3)
+    cfg = TrainConfig(width=4, max_mult=4, residual=True, noise_map=True)
+    model = UNet(cfg.unet())
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.1)
+    path = tmp_path / "st.onnx"
+    diff = export_onnx(model, path)
+    write_cards(tmp_path, "st", "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0}, diff)
+    staged = stage_card(tmp_path / "st.json")
+    assert staged["level"] == 2 and staged["context"] == 16  # the reach of two levels
+    assert "Staged inference" in (tmp_path / "st.md").read_text()
+    card = load_card(tmp_path / "st.json")
+    assert (card.staged_level, card.staged_context) == (2, 16)
+    noise = np.array([[0.05, 1e-3]], np.float32)
+    net = Network(card, "cpu", threads=1)
+    stages = net.stages(noise)
+    assert stages is not None
+    x = np.random.default_rng(1).uniform(0, 0.5, (120, 150, 4)).astype(np.float32)
+    whole = run_whole(x, lambda b: net(b, noise=noise))
+    assert np.abs(run_staged(x, stages, tile=64) - whole).max() <= 1e-5 * np.abs(whole).max()

@@ -299,6 +299,7 @@ def markdown_card(card: dict) -> str:
              "dead-leaves x300 frame, `sidraw.train.seams`)."]
             if "overlap" in card else []
         ),
+        *([staged_line(card["staged"])] if "staged" in card else []),
         "",
         "## Training data",
         "",
@@ -398,6 +399,19 @@ def markdown_card(card: dict) -> str:
         lines.append("Not evaluated.")
     lines += variant_section(card)
     return "\n".join(lines) + "\n"
+
+
+def staged_line(staged: dict) -> str:
+    """The Markdown card's line on staged inference (``staged``: the card's entry)."""
+    level, context = staged["level"], staged["context"]
+    return (
+        f"- Staged inference (`sidraw.staged`, used by default): levels {level + 1} and deeper "
+        f"run once on the frame at 1/{2**level} size (in overlapping tiles only beyond "
+        f"{staged['deep_tile']} pixels a side there), the first {level} levels in tiles that "
+        f"read {context} packed pixels around them: the smallest context at which the result "
+        f"equals the network on the whole frame within {staged['tolerance']:g} "
+        "(`sidraw.staged.measure_context`)."
+    )
 
 
 def write_cards(

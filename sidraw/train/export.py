@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         tile=default_tile(overlap) if overlap is not None else None,
     )
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB), parity {diff:.1e}")
+    if overlap is not None:  # the inference side is present: record how the model runs staged
+        from .stage_card import stage_card
+
+        staged = stage_card(out / f"{a.name}.json")
+        print(f"staged at level {staged['level']}, context {staged['context']}")
 
 
 if __name__ == "__main__":
