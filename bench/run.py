@@ -245,6 +245,10 @@ def sidraw_cases(
     tuning = ["--threads", str(args.threads)] if args.threads else []
     tuning += ["--precision", args.precision] if args.precision else []
     model_opt = ["--model", model.spec] if model.spec else []
+    # sidraw's own cases only: the network-alone case runs the whole network on its grid. The
+    # CLI runs overlapping tiles when given an overlap.
+    tiling = ["--overlap", str(model.card.overlap)] if args.tiling == "tiles" else []
+    worker_tiling = ["--tiling", args.tiling]
     e2e_dir = out / f"{frame.key}-e2e"
     e2e_dir.mkdir(parents=True, exist_ok=True)
     common = [
@@ -276,7 +280,7 @@ def sidraw_cases(
                 "sidraw",
                 [py, "-m", "sidraw", "convert", str(batch_in), "--out", str(batch_out),
                  "--overwrite", "--ratio", str(RATIO), "--device", args.device, "-q",
-                 *model_opt, *tuning, *extra],
+                 *model_opt, *tuning, *tiling, *extra],
                 output=batch_out / f"{src.stem}-{BATCH_FILES - 1}.tif",
                 files=BATCH_FILES,
             )
@@ -301,6 +305,7 @@ def sidraw_cases(
                 args.device,
                 *model_opt,
                 *tuning,
+                *tiling,
             ],
             output=e2e_dir / f"{src.stem}.tif",
         ),
@@ -317,6 +322,7 @@ def sidraw_cases(
                 str(out / f"{frame.key}-stages.tif"),
                 "--tile",
                 str(args.tile),
+                *worker_tiling,
             ],
             output=out / f"{frame.key}-stages.tif",
             timing="report",
@@ -519,7 +525,7 @@ def tiling_overhead(
     n = len(py.origins) * len(px.origins)
     pixels = n * py.size * px.size
     grid = math.ceil(h / tile) * math.ceil(w / tile) * tile * tile
-    return {
+    result: dict[str, Any] = {
         "tiles": n,
         "tile_shape": [py.size, px.size],
         "overlap": card.overlap,
@@ -527,6 +533,34 @@ def tiling_overhead(
         "pixels_over_grid": pixels / grid,
         "pixels_over_frame": pixels / (h * w),
         "matches": tiles_run is None or tiles_run == n,
+    }
+    staged = staged_plan(h, w, tile, card, margin)
+    if staged is not None and tiles_run is not None and tiles_run != n:
+        result["staged"] = staged
+        result["matches"] = tiles_run == staged["steps"]
+    return result
+
+
+def staged_plan(h: int, w: int, tile: int, card: ModelCard, margin: int) -> dict[str, Any] | None:
+    """What staged inference (:mod:`sidraw.staged`) runs on the frame: its full-resolution
+    windows (read area over the frame's, each pass), its deep tiles and its progress steps."""
+    if not card.staged_level:
+        return None
+    from sidraw.staged import DEEP_TILE, plan_windows
+    from sidraw.tiling import plan_axis
+
+    s, m = 2**card.staged_level, card.downsample
+    py, px = (plan_axis(n, 1 << 30, 0, m, margin) for n in (h, w))
+    wy, wx = (plan_windows(p.padded, tile, card.staged_context, m) for p in (py, px))
+    area = sum(y.read_hi - y.read_lo for y in wy) * sum(x.read_hi - x.read_lo for x in wx)
+    deep_overlap = -(-card.overlap // s // (m // s)) * (m // s)
+    dy, dx = (plan_axis(p.padded // s, DEEP_TILE, deep_overlap, m // s, 0) for p in (py, px))
+    deep = len(dy.origins) * len(dx.origins)
+    return {
+        "windows": len(wy) * len(wx),
+        "window_area_over_frame": area / (h * w),
+        "deep_tiles": deep,
+        "steps": 2 * len(wy) * len(wx) + deep,
     }
 
 
@@ -611,7 +645,15 @@ def print_details(frames: list[Frame], results: dict[str, dict[str, Any]]) -> No
             continue
         t = r.get("tiling", {})
         parts = []
-        if "tiles" in t:
+        if "staged" in t:
+            st = t["staged"]
+            parts.append(
+                f"sidraw runs staged: {st['windows']} full-resolution window(s) reading "
+                f"{st['window_area_over_frame']:.2f}x the frame's pixels in each of 2 passes, "
+                f"{st['deep_tiles']} deep tile(s)"
+                + ("" if t["matches"] else " (step count differs from convert_file's!)")
+            )
+        elif "tiles" in t:
             a, b = t["tile_shape"]
             parts.append(
                 f"sidraw feeds the network {t['tiles']} tile(s) of {a}x{b} "
@@ -791,6 +833,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tile", type=int, default=0, help="tile size in packed pixels (0: the model card's)"
+    )
+    parser.add_argument(
+        "--tiling",
+        choices=["auto", "tiles"],
+        default="auto",
+        help="sidraw's tiling in its own cases: auto (staged where the model allows) or tiles "
+        "(overlapping tiles, as --overlap with the card's overlap)",
     )
     parser.add_argument(
         "--frames",

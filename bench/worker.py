@@ -91,7 +91,9 @@ def cmd_stages(args: argparse.Namespace) -> None:
             last_tile[0] = time.perf_counter()
 
     cache = ModelCache(args.model or None, args.device, args.threads, args.precision)
-    options = sidraw.ConvertOptions(ratio=args.ratio, tile=args.tile or None, overwrite=True)
+    options = sidraw.ConvertOptions(
+        ratio=args.ratio, tile=args.tile or None, tiling=args.tiling, overwrite=True
+    )
     sampler = RssSampler()
     sampler.start()
     result = sidraw.convert_file(args.src, args.dst, options, models=cache, progress=progress)
@@ -102,6 +104,7 @@ def cmd_stages(args: argparse.Namespace) -> None:
             "seconds": result.seconds,
             "timings": result.timings,
             "tiles": tiles[0],
+            "tiling": args.tiling,
             "overlap": network.card.overlap,
             "threads": network.threads,
             "precision": network.precision,
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--tiling", choices=["auto", "staged", "tiles"], default="auto")
     p.set_defaults(fn=cmd_stages)
     p = sub.add_parser("network")
     p.add_argument("--src", required=True)
