@@ -534,14 +534,14 @@ def tiling_overhead(
         "pixels_over_frame": pixels / (h * w),
         "matches": tiles_run is None or tiles_run == n,
     }
-    staged = staged_plan(h, w, tile, card, margin)
+    staged = staged_plan(h, w, card.staged_tile or tile, card)
     if staged is not None and tiles_run is not None and tiles_run != n:
         result["staged"] = staged
         result["matches"] = tiles_run == staged["steps"]
     return result
 
 
-def staged_plan(h: int, w: int, tile: int, card: ModelCard, margin: int) -> dict[str, Any] | None:
+def staged_plan(h: int, w: int, tile: int, card: ModelCard) -> dict[str, Any] | None:
     """What staged inference (:mod:`sidraw.staged`) runs on the frame: its full-resolution
     windows (read area over the frame's, each pass), its deep tiles and its progress steps."""
     if not card.staged_level:
@@ -550,7 +550,7 @@ def staged_plan(h: int, w: int, tile: int, card: ModelCard, margin: int) -> dict
     from sidraw.tiling import plan_axis
 
     s, m = 2**card.staged_level, card.downsample
-    py, px = (plan_axis(n, 1 << 30, 0, m, margin) for n in (h, w))
+    py, px = (plan_axis(n, 1 << 30, 0, m, 0) for n in (h, w))  # no margin, as convert
     wy, wx = (plan_windows(p.padded, tile, card.staged_context, m) for p in (py, px))
     area = sum(y.read_hi - y.read_lo for y in wy) * sum(x.read_hi - x.read_lo for x in wx)
     deep_overlap = -(-card.overlap // s // (m // s)) * (m // s)

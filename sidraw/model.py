@@ -20,6 +20,7 @@ from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
 from .staged import Stages
 from .tiling import DEFAULT_TILE
+from .unet_split import UNetStages
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "int8", "fp16"]
@@ -350,7 +351,7 @@ class Network:
         self.threads = opts.intra_op_num_threads
         self._model = model
         self._options = opts
-        self._stage_sessions: tuple[Any, Any, Any, str, str] | None = None
+        self._stage_sessions: dict[bool, tuple[Any, Any, Any, UNetStages]] = {}
 
     @property
     def device(self) -> str:
@@ -403,10 +404,11 @@ class Network:
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
         return options
 
-    def stages(self, noise: np.ndarray | None = None) -> Stages | None:
+    def stages(self, noise: np.ndarray | None = None, half_skips: bool = True) -> Stages | None:
         """The network cut for staged inference (:mod:`sidraw.staged`), for a frame of this
-        ``noise``; None where the card names no split level, for INT8 and float16 variants
-        (only float32 graphs are cut: their stages pass float32 features), or without the
+        ``noise``, its skip connections held as float16 with ``half_skips`` (as convert does),
+        else as float32 (exactly the network's values); None where the card names no split
+        level, for INT8 and float16 variants (only float32 graphs are cut), or without the
         ``onnx`` package.
 
         Raises:
@@ -415,25 +417,25 @@ class Network:
         card = self.card
         if not card.staged_level or self.precision != "fp32":
             return None
-        if self._stage_sessions is None:
+        if half_skips not in self._stage_sessions:
             try:
-                self._stage_sessions = self._load_stages()
+                self._stage_sessions[half_skips] = self._load_stages(half_skips)
             except ImportError:
                 return None
-        encode, deep, decode, features, answer = self._stage_sessions
+        encode, deep, decode, cut = self._stage_sessions[half_skips]
 
-        def run(session: Any, name: str, feeds: dict[str, np.ndarray], last: bool) -> np.ndarray:
-            (out,) = session.run([name], feeds, self._run_options(last))
-            return np.asarray(out, dtype=np.float32)
+        def run(session: Any, names: list[str], feeds: dict[str, np.ndarray], last: bool) -> list:
+            return list(session.run(names, feeds, self._run_options(last)))
 
-        def enc(x: np.ndarray, *, last: bool = False) -> np.ndarray:
-            return run(encode, features, self._feeds(x, noise), last)
+        def enc(x: np.ndarray, *, last: bool = False) -> list[np.ndarray]:
+            return run(encode, [cut.features, *cut.skips], self._feeds(x, noise), last)
 
         def mid(f: np.ndarray, *, last: bool = False) -> np.ndarray:
-            return run(deep, answer, {features: f}, last)
+            return run(deep, [cut.answer], {cut.features: f}, last)[0]
 
-        def dec(x: np.ndarray, a: np.ndarray, *, last: bool = False) -> np.ndarray:
-            return run(decode, card.output_name, {**self._feeds(x, noise), answer: a}, last)
+        def dec(x: np.ndarray, a: np.ndarray, *skips: np.ndarray, last: bool = False) -> np.ndarray:
+            feeds = {card.input_name: x, cut.answer: a, **dict(zip(cut.skips, skips, strict=True))}
+            return run(decode, [card.output_name], feeds, last)[0]
 
         scale = 2**card.staged_level
         step = card.downsample // scale
@@ -447,7 +449,7 @@ class Network:
             answer_channels=int(deep.get_outputs()[0].shape[1]),
         )
 
-    def _load_stages(self) -> tuple[Any, Any, Any, str, str]:
+    def _load_stages(self, half_skips: bool) -> tuple[Any, Any, Any, UNetStages]:
         import onnxruntime as ort
 
         from .unet_split import split_unet
@@ -458,7 +460,7 @@ class Network:
             raise ModelError("model file changed after it was loaded", card.path)
         inputs = [card.input_name, *([card.noise_input] if card.noise_input else [])]
         try:
-            cut = split_unet(model, card.staged_level, inputs, card.output_name)
+            cut = split_unet(model, card.staged_level, inputs, card.output_name, half_skips)
             sessions = [
                 ort.InferenceSession(
                     part, sess_options=self._options, providers=list(self.providers)
@@ -472,7 +474,7 @@ class Network:
             raise
         except Exception as exc:  # onnxruntime raises its own, untyped, errors
             raise ModelError(f"onnxruntime cannot load a stage ({exc})", card.path) from None
-        return sessions[0], sessions[1], sessions[2], cut.features, cut.answer
+        return sessions[0], sessions[1], sessions[2], cut
 
     def release_after(self, batch: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """:meth:`__call__` with ``release_memory=True``."""

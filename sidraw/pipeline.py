@@ -282,10 +282,11 @@ def denoise(
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
     if stages is not None:
-        # The reflect margin of overlapping tiles, so that borders see the same context.
+        # No reflect margin: the whole frame as the validation runs it (and as training's crops
+        # end), padded only at the bottom and right to the downsampling factor.
         run_staged_stream(
             (h, w), network_input, stages, take_rows, tile=tile, out_channels=channels,
-            multiple=multiple, margin=margin, progress=progress,
+            multiple=multiple, margin=0, progress=progress,
         )
     else:
         run_tiled_stream(

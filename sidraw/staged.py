@@ -7,16 +7,20 @@ work on a frame ``2**L`` times smaller along each axis. Staged inference cuts th
 level ``L`` (:mod:`sidraw.unet_split`) and runs it in three passes:
 
 1. ``encode``: the ``L`` full-resolution levels, in tiles that overlap only by those levels'
-   own small reach (``context``), filling the features of the whole frame at ``1/2**L`` size;
+   own small reach (``context``), filling the features of the whole frame at ``1/2**L`` size
+   and keeping the levels' skip connections (they are the largest arrays held: float16 halves
+   them);
 2. ``deep``: the deep levels on those features, in one piece up to ``deep_tile`` pixels a
    side (a 12 MP Bayer frame at ``L = 2``), else in overlapping tiles as in
    :func:`sidraw.tiling.run_tiled`;
-3. ``decode``: the full-resolution levels again (for their skip connections) and the decoder,
-   in the same small-overlap tiles, each with its part of the deep answer. Rows are handed on
-   in order as soon as no later tile reads them, so output may go into the input's buffer.
+3. ``decode``: the decoder's full-resolution levels, in the same small-overlap tiles, each
+   with its part of the deep answer and of the skip connections. Rows are handed on in order
+   as soon as no later tile reads them, so output may go into the input's buffer.
 
 Where the deep stage runs in one piece, the result is the network on the whole reflect-padded
-frame (:func:`sidraw.tiling.run_whole` with the same margin) up to float rounding.
+frame (:func:`sidraw.tiling.run_whole` with the same margin) up to float rounding, or to the
+rounding of the skip connections where they are held as float16 (about 1e-4 of the output's
+range; :func:`sidraw.unet_split.split_unet`).
 """
 
 from __future__ import annotations
@@ -41,14 +45,20 @@ class StageFn(Protocol):
     def __call__(self, *inputs: np.ndarray, last: bool = False) -> np.ndarray: ...
 
 
+class EncodeFn(Protocol):
+    def __call__(self, x: np.ndarray, *, last: bool = False) -> list[np.ndarray]: ...
+
+
 @dataclass(frozen=True)
 class Stages:
     """The three stages of a network cut at level ``log2(scale)``.
 
     Attributes:
-        encode: (1, C, h, w) float32 input -> (1, F, h/scale, w/scale) features.
+        encode: (1, C, h, w) float32 input -> [(1, F, h/scale, w/scale) features, then the skip
+            connections (1, S_k, h/2**k, w/2**k) of levels k = 0 .. L-1], float32.
         deep: (1, F, a, b) features -> (1, A, a, b) deep answer.
-        decode: (1, C, h, w) input and (1, A, h/scale, w/scale) answer -> (1, C', h, w) output.
+        decode: (1, C, h, w) input, (1, A, h/scale, w/scale) answer and the skip connections
+            -> (1, C', h, w) output.
         scale: ``2**L``.
         context: packed pixels each encode or decode tile reads beyond its own part on every
             side (a multiple of the network's downsampling, at least the reach of those levels).
@@ -58,7 +68,7 @@ class Stages:
     Each function takes ``last=True`` on its stage's last call (to release memory pools).
     """
 
-    encode: StageFn
+    encode: EncodeFn
     deep: StageFn
     decode: StageFn
     scale: int
@@ -159,7 +169,8 @@ def run_staged_stream(
         if progress is not None:
             progress(done, total)
 
-    features = _encode_pass(read, stages, wy, wx, cols, h, margin, (py.padded, px.padded), tick)
+    padded = (py.padded, px.padded)
+    features, skips = _encode_pass(read, stages, wy, wx, cols, (h, margin), padded, tick)
 
     def deep(batch: np.ndarray) -> np.ndarray:
         tick()
@@ -174,7 +185,9 @@ def run_staged_stream(
         margin=0, out_channels=stages.answer_channels, last_fn=deep_last,
     )
     del features
-    _decode_pass(read, stages, answer, write, wy, wx, cols, (h, w), margin, out_channels, tick)
+    _decode_pass(
+        read, stages, [answer, *skips], write, wy, wx, cols, (h, w), margin, out_channels, tick
+    )
 
 
 def _encode_pass(
@@ -183,34 +196,46 @@ def _encode_pass(
     wy: list[Window],
     wx: list[Window],
     cols: list[np.ndarray],
-    h: int,
-    margin: int,
+    rows_of: tuple[int, int],
     padded: tuple[int, int],
     tick: Callable[[], None],
-) -> np.ndarray:
-    """(padded h / s, padded w / s, F) float32 features of the whole padded frame."""
-    s = stages.scale
-    features: np.ndarray | None = None
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(padded h / s, padded w / s, F) float32 features of the whole padded frame, and its
+    skip connections, (S_k, padded h / 2**k, padded w / 2**k) for k < L, in the dtype the
+    encode stage gives them (``rows_of``: the image height and margin)."""
+    h, margin = rows_of
+    held: list[np.ndarray] = []
     for ky, y in enumerate(wy):
         rows = reflect_index(y.read_lo, y.read_hi, h, margin)
         for kx, x in enumerate(wx):
             last = ky == len(wy) - 1 and kx == len(wx) - 1
-            out = stages.encode(_batch(read(rows, cols[kx])), last=last)[0]
-            if features is None:
-                shape = (padded[0] // s, padded[1] // s, out.shape[0])
-                features = np.empty(shape, dtype=np.float32)
-            part = out[:, (y.lo - y.read_lo) // s : (y.hi - y.read_lo) // s,
-                       (x.lo - x.read_lo) // s : (x.hi - x.read_lo) // s]
-            features[y.lo // s : y.hi // s, x.lo // s : x.hi // s] = part.transpose(1, 2, 0)
+            outs = stages.encode(_batch(read(rows, cols[kx])), last=last)
+            # Features first (at 1/scale, (h, w, C) for run_tiled), then skip k at 1/2**k,
+            # held (C, h, w) so that storing and reading a window needs no transposing copy.
+            scales = [stages.scale] + [2**k for k in range(len(outs) - 1)]
+            if not held:
+                held = [
+                    np.empty((padded[0] // f, padded[1] // f, out.shape[1]), dtype=np.float32)
+                    if i == 0
+                    else np.empty((out.shape[1], padded[0] // f, padded[1] // f), dtype=out.dtype)
+                    for i, (out, f) in enumerate(zip(outs, scales, strict=True))
+                ]
+            for i, (out, f, into) in enumerate(zip(outs, scales, held, strict=True)):
+                part = out[0, :, (y.lo - y.read_lo) // f : (y.hi - y.read_lo) // f,
+                           (x.lo - x.read_lo) // f : (x.hi - x.read_lo) // f]
+                target = (slice(y.lo // f, y.hi // f), slice(x.lo // f, x.hi // f))
+                if i == 0:
+                    into[target] = part.transpose(1, 2, 0)
+                else:
+                    into[(slice(None), *target)] = part
             tick()
-    assert features is not None
-    return features
+    return held[0], held[1:]
 
 
 def _decode_pass(
     read: ReadFn,
     stages: Stages,
-    answer: np.ndarray,
+    held: list[np.ndarray],
     write: WriteFn,
     wy: list[Window],
     wx: list[Window],
@@ -238,8 +263,13 @@ def _decode_pass(
         band = np.empty((y.hi - y.lo, w, out_channels), dtype=np.float32)
         for kx, x in enumerate(wx):
             last = ky == len(wy) - 1 and kx == len(wx) - 1
-            deep = answer[y.read_lo // s : y.read_hi // s, x.read_lo // s : x.read_hi // s]
-            out = stages.decode(_batch(read(rows, cols[kx])), _batch(deep), last=last)[0]
+            answer = held[0][y.read_lo // s : y.read_hi // s, x.read_lo // s : x.read_hi // s]
+            parts = [_batch(answer)]
+            for k, skip in enumerate(held[1:]):
+                f = 2**k
+                window = skip[:, y.read_lo // f : y.read_hi // f, x.read_lo // f : x.read_hi // f]
+                parts.append(np.ascontiguousarray(window)[None])
+            out = stages.decode(_batch(read(rows, cols[kx])), *parts, last=last)[0]
             if out.shape[0] != out_channels:
                 raise ValueError(f"network returned {out.shape[0]} channels, not {out_channels}")
             # The part of this tile's core inside the image (not the reflect padding).
@@ -299,7 +329,8 @@ def measure_context(
 ) -> int:
     """Smallest context (a multiple of ``multiple``) at which staged inference with small tiles
     reproduces the network on the whole frame (``whole``: (1, C, h, w) -> (1, C, h, w)) within
-    :data:`CONTEXT_TOLERANCE` on ``image`` (h, w, C), the deep stage in one piece.
+    :data:`CONTEXT_TOLERANCE` on ``image`` (h, w, C), the deep stage in one piece (``stages``
+    with float32 skip connections, or the rounding to float16 exceeds the tolerance).
 
     Raises:
         ValueError: no context up to ``largest`` does (the cut is wrong for this network).

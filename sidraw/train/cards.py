@@ -407,10 +407,12 @@ def staged_line(staged: dict) -> str:
     return (
         f"- Staged inference (`sidraw.staged`, used by default): levels {level + 1} and deeper "
         f"run once on the frame at 1/{2**level} size (in overlapping tiles only beyond "
-        f"{staged['deep_tile']} pixels a side there), the first {level} levels in tiles that "
-        f"read {context} packed pixels around them: the smallest context at which the result "
-        f"equals the network on the whole frame within {staged['tolerance']:g} "
-        "(`sidraw.staged.measure_context`)."
+        f"{staged['deep_tile']} pixels a side there), the first {level} levels in tiles of "
+        f"{staged.get('tile', 'the card tile')} packed pixels that read {context} more around "
+        "them: the smallest context at which the result equals the network on the whole frame "
+        f"within {staged['tolerance']:g} (`sidraw.staged.measure_context`). Their skip "
+        "connections are held as float16 between the passes (within a few 14-bit steps of "
+        "the float32 result)."
     )
 
 

@@ -21,6 +21,10 @@ from .seams import overlap_frame
 #: The level at which the bundled networks are cut: on 2 cores it took the least time of levels
 #: 1 to 3 on a 12 MP Bayer frame, and needs a context of one alignment step.
 STAGED_LEVEL = 2
+#: Side of the full-resolution tiles: on 2 cores, 12 MP Bayer frame, one thread, the three
+#: stages took 8.0 s in tiles of 512 and 8.9 s in tiles of 960 (the decoder slows down on
+#: larger tiles); 384 was no faster than 512.
+STAGED_TILE = 512
 #: Packed pixels of the measuring frame's sides (a crop of the seams frame, for speed).
 MEASURE_SIZE = (352, 416)
 
@@ -35,7 +39,7 @@ def measure_staged(card_path: Path, level: int = STAGED_LEVEL) -> dict[str, obje
     network = Network(card, "cpu")
     image, noise = overlap_frame(card.cfa)
     image = image[: MEASURE_SIZE[0], : MEASURE_SIZE[1]]
-    stages = network.stages(noise)
+    stages = network.stages(noise, half_skips=False)  # the context alone, without float16 rounding
     if stages is None:
         raise ValueError("the network cannot be cut (INT8, or no onnx package)")
     context = measure_context(
@@ -44,6 +48,7 @@ def measure_staged(card_path: Path, level: int = STAGED_LEVEL) -> dict[str, obje
     return {
         "level": level,
         "context": context,
+        "tile": STAGED_TILE,
         "deep_tile": DEEP_TILE,
         "tolerance": CONTEXT_TOLERANCE,
     }
