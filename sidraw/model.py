@@ -439,6 +439,12 @@ class Network:
 
         scale = 2**card.staged_level
         step = card.downsample // scale
+        # Features and answer float32 at 1/scale, skip k in its own type at 1/2**k.
+        held = 4.0 * (_channels(encode, 0) + _channels(deep, 0)) / scale**2
+        for k in range(card.staged_level):
+            skip = encode.get_outputs()[1 + k]
+            size = 2 if "float16" in skip.type else 4
+            held += size * _channels(encode, 1 + k) / 4**k
         return Stages(
             encode=enc,
             deep=mid,
@@ -446,7 +452,8 @@ class Network:
             scale=scale,
             context=card.staged_context,
             deep_overlap=-(-card.overlap // scale // step) * step,
-            answer_channels=int(deep.get_outputs()[0].shape[1]),
+            answer_channels=_channels(deep, 0),
+            held_bytes=held,
         )
 
     def _load_stages(self, half_skips: bool) -> tuple[Any, Any, Any, UNetStages]:
@@ -479,6 +486,11 @@ class Network:
     def release_after(self, batch: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         """:meth:`__call__` with ``release_memory=True``."""
         return self(batch, noise=noise, release_memory=True)
+
+
+def _channels(session: Any, output: int) -> int:
+    """Channels (dimension 1) of an onnxruntime session's output."""
+    return int(session.get_outputs()[output].shape[1])
 
 
 class ModelCache:

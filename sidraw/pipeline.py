@@ -45,6 +45,10 @@ from .staged import Stages, run_staged_stream
 from .tiling import default_margin, plan_axis, run_tiled_stream, stream_reread_start
 
 Tiling = Literal["auto", "staged", "tiles"]
+#: Largest memory that ``auto`` lets staged inference hold between its passes (the skip
+#: connections, features and deep answer grow with the frame): 108 bytes a packed pixel for the
+#: bundled networks, so Bayer frames up to about 20 MP and X-Trans up to about 44 MP.
+STAGED_MAX_HELD = 512 * 2**20
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
 TAKE_ROWS = 32
@@ -228,7 +232,7 @@ def denoise(
         tiles = len(plan_axis(h, tile, overlap, multiple, margin).origins) * len(
             plan_axis(w, tile, overlap, multiple, margin).origins
         )
-    stages = staged_network(network, options, model_noise, tiles)
+    stages = staged_network(network, options, model_noise, tiles, (h, w))
     if stages is None and not tiles:
         raise ModelError(f"tile overlap {overlap} is not smaller than the tile {tile}", info.path)
     if stages is not None and options.tile is None and network.card.staged_tile:
@@ -311,17 +315,28 @@ def denoise(
 
 
 def staged_network(
-    network: Network, options: ConvertOptions, noise: np.ndarray | None, tiles: int
+    network: Network,
+    options: ConvertOptions,
+    noise: np.ndarray | None,
+    tiles: int,
+    shape: tuple[int, int],
 ) -> Stages | None:
     """The network's stages where ``options.tiling`` asks for staged inference and its card
     allows it (see :class:`ConvertOptions`), else None (overlapping tiles). ``auto`` keeps a
-    frame that overlapping tiles cover in ``tiles == 1`` tile as one tile: that is the network
-    on the whole frame already, without the stages' repeated levels."""
+    frame that overlapping tiles cover in ``tiles == 1`` tile as one tile (that is the network
+    on the whole frame already), and frames whose stages would hold more than
+    :data:`STAGED_MAX_HELD` bytes between their passes in overlapping tiles, whose memory does
+    not grow with the frame (``shape``: packed h, w)."""
     if options.tiling == "tiles":
         return None
     if options.tiling == "auto" and (options.overlap is not None or tiles == 1):
         return None
-    return network.stages(noise)
+    stages = network.stages(noise)
+    if stages is not None and options.tiling == "auto":
+        padded = (shape[0] + 15) * (shape[1] + 15)
+        if stages.held_bytes * padded > STAGED_MAX_HELD:
+            return None
+    return stages
 
 
 def choose_file_ratio(raw: RawFile, options: ConvertOptions) -> RatioDecision:

@@ -64,6 +64,8 @@ class Stages:
             side (a multiple of the network's downsampling, at least the reach of those levels).
         deep_overlap: overlap of deep tiles, in deep pixels, when the frame needs several.
         answer_channels: ``A``.
+        held_bytes: bytes held between the passes per packed pixel of the padded frame (the
+            features, the skip connections and the deep answer).
 
     Each function takes ``last=True`` on its stage's last call (to release memory pools).
     """
@@ -75,6 +77,7 @@ class Stages:
     context: int
     deep_overlap: int
     answer_channels: int
+    held_bytes: float = 0.0
 
 
 @dataclass(frozen=True)

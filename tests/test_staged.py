@@ -231,6 +231,17 @@ def test_denoise_staged_in_place_equals_the_whole_frame(
     with open_raw(src) as raw:
         denoise(raw, net, ConvertOptions(ratio=50))
     assert calls == ["staged"] * 2
+    # ... and a frame whose stages would hold more than the limit in overlapping tiles.
+    stages = net.stages(NOISE)
+    assert stages is not None and stages.held_bytes > 0
+    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 350 * 450))
+    with open_raw(src) as raw:
+        denoise(raw, net, staged_opts)
+    assert calls == ["staged"] * 2
+    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 370 * 470))
+    with open_raw(src) as raw:
+        denoise(raw, net, staged_opts)
+    assert calls == ["staged"] * 3
 
 
 def test_cards_with_impossible_stages_are_refused(tmp_path: Path) -> None:
