@@ -334,6 +334,11 @@ def sidraw_cases(
             [py, worker, "network", *common, "--tile", str(args.tile)],
             timing="report",
         ),
+        *(
+            [Case("network_staged", "network alone, staged", "reference",
+                  [py, worker, "staged-network", *common], timing="report")]
+            if model.card.staged_level else []
+        ),
         *batch_cases,
     ]
 

@@ -177,6 +177,48 @@ def cmd_network(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_staged_network(args: argparse.Namespace) -> None:
+    """The network alone, staged as convert runs it (:mod:`sidraw.staged`): its three stages and
+    what passes between them on the whole in-memory frame, after a warm-up on a 256 x 256 crop
+    (sessions made, kernels' weights packed). For models whose card has a ``staged`` entry."""
+    from sidraw.exposure import amplify
+    from sidraw.model import Network, card_for
+    from sidraw.mosaic import normalise_packed, pack
+    from sidraw.noise_estimate import noise_vector
+    from sidraw.pipeline import estimate_file_noise
+    from sidraw.raw import open_raw
+    from sidraw.staged import run_staged
+
+    card = card_for(args.cfa, args.model or None)
+    network = Network(card, args.device, args.threads, args.precision)
+    with open_raw(args.src) as raw:
+        info = raw.info
+        photosites = pack(raw.mosaic, info.layout)
+        noise = noise_vector(estimate_file_noise(raw).estimate, args.ratio)
+        packed = normalise_packed(photosites, info.layout, info.black, info.white)
+    x = amplify(packed, args.ratio, out=packed)
+    np.clip(x, *card.input_clip, out=x)
+    stages = network.stages(noise)
+    if stages is None:
+        raise SystemExit(f"{card.name} does not run staged")
+    tile = args.tile or card.staged_tile or card.tile
+    run_staged(np.ascontiguousarray(x[:256, :256]), stages, tile=tile, margin=0)
+    start = time.perf_counter()
+    run_staged(x, stages, tile=tile, margin=0)
+    seconds = time.perf_counter() - start
+    _emit(
+        {
+            "seconds": seconds,
+            "tile": tile,
+            "packed": list(x.shape),
+            "held_mb": stages.held_bytes * x.shape[0] * x.shape[1] / 2**20,
+            "threads": network.threads,
+            "precision": network.precision,
+            "providers": list(network.providers),
+        }
+    )
+
+
 def _quantized(model_bytes: bytes, x: np.ndarray) -> bytes:
     """An INT8 QDQ copy of a model, made by :func:`sidraw.quantize.quantize_onnx`."""
     from sidraw.quantize import quantize_onnx
@@ -291,6 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--tiling", choices=["auto", "staged", "tiles"], default="auto")
     p.set_defaults(fn=cmd_stages)
+    p = sub.add_parser("staged-network")
+    p.add_argument("--src", required=True)
+    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
+    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
+    p.add_argument("--ratio", type=float, default=100.0)
+    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the card's staged tile)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(fn=cmd_staged_network)
     p = sub.add_parser("network")
     p.add_argument("--src", required=True)
     p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")

@@ -42,7 +42,7 @@ from .render import (
     render_strips,
 )
 from .staged import Stages, run_staged_stream
-from .tiling import default_margin, plan_axis, run_tiled_stream, stream_reread_start
+from .tiling import run_tiled_stream, stream_reread_start
 
 Tiling = Literal["auto", "staged", "tiles"]
 #: Largest memory that ``auto`` lets staged inference hold between its passes (the skip
@@ -76,7 +76,8 @@ class ConvertOptions:
         tile, overlap: tiling in packed pixels (None: the model card's; its overlap is measured
             at export, its tile chosen for that overlap).
         tiling: ``"auto"``: staged inference (:mod:`sidraw.staged`) where the model card names
-            a split level and no ``overlap`` is given, overlapping tiles otherwise; ``"staged"``
+            a split level, no ``overlap`` is given and the frame is not too large (see
+            :func:`staged_network`), overlapping tiles otherwise; ``"staged"``
             or ``"tiles"`` to choose (``"staged"`` falls back to tiles for models that cannot
             be cut). ``tile`` is the side of the full-resolution tiles in both.
         overwrite: replace existing outputs.
@@ -226,14 +227,8 @@ def denoise(
     tile = options.tile if options.tile is not None else network.card.tile
     overlap = options.overlap if options.overlap is not None else network.card.overlap
     multiple = network.card.downsample
-    margin = default_margin(overlap, multiple)
-    tiles = 0  # overlapping tiles this frame needs (0: the overlap does not fit the tile)
-    if overlap < tile:
-        tiles = len(plan_axis(h, tile, overlap, multiple, margin).origins) * len(
-            plan_axis(w, tile, overlap, multiple, margin).origins
-        )
-    stages = staged_network(network, options, model_noise, tiles, (h, w))
-    if stages is None and not tiles:
+    stages = staged_network(network, options, model_noise, (h, w))
+    if stages is None and overlap >= tile:
         raise ModelError(f"tile overlap {overlap} is not smaller than the tile {tile}", info.path)
     if stages is not None and options.tile is None and network.card.staged_tile:
         tile = network.card.staged_tile
@@ -315,21 +310,15 @@ def denoise(
 
 
 def staged_network(
-    network: Network,
-    options: ConvertOptions,
-    noise: np.ndarray | None,
-    tiles: int,
-    shape: tuple[int, int],
+    network: Network, options: ConvertOptions, noise: np.ndarray | None, shape: tuple[int, int]
 ) -> Stages | None:
     """The network's stages where ``options.tiling`` asks for staged inference and its card
-    allows it (see :class:`ConvertOptions`), else None (overlapping tiles). ``auto`` keeps a
-    frame that overlapping tiles cover in ``tiles == 1`` tile as one tile (that is the network
-    on the whole frame already), and frames whose stages would hold more than
-    :data:`STAGED_MAX_HELD` bytes between their passes in overlapping tiles, whose memory does
-    not grow with the frame (``shape``: packed h, w)."""
-    if options.tiling == "tiles":
-        return None
-    if options.tiling == "auto" and (options.overlap is not None or tiles == 1):
+    allows it (see :class:`ConvertOptions`), else None (overlapping tiles). ``auto`` also keeps
+    overlapping tiles for frames whose stages would hold more than :data:`STAGED_MAX_HELD`
+    bytes between their passes, as their memory does not grow with the frame (``shape``: packed
+    h, w). Frames that one overlapping tile covers run staged too: that tile is reflect-padded
+    by half the overlap on every side (a 1 MP Bayer frame: 1.8 times its pixels)."""
+    if options.tiling == "tiles" or (options.tiling == "auto" and options.overlap is not None):
         return None
     stages = network.stages(noise)
     if stages is not None and options.tiling == "auto":

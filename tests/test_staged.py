@@ -227,21 +227,21 @@ def test_denoise_staged_in_place_equals_the_whole_frame(
     assert calls == ["staged"] * 2
     diff = np.abs(whole.astype(np.int32) - expected.astype(np.int32))
     assert diff.max() <= 8 and diff.mean() <= 0.25, (diff.max(), diff.mean())
-    # Auto runs a frame that one tile covers as that tile, without stages.
+    # Auto runs a frame that one overlapping tile covers staged too.
     with open_raw(src) as raw:
         denoise(raw, net, ConvertOptions(ratio=50))
-    assert calls == ["staged"] * 2
-    # ... and a frame whose stages would hold more than the limit in overlapping tiles.
+    assert calls == ["staged"] * 3
+    # A frame whose stages would hold more than the limit runs in overlapping tiles.
     stages = net.stages(NOISE)
     assert stages is not None and stages.held_bytes > 0
     monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 350 * 450))
     with open_raw(src) as raw:
         denoise(raw, net, staged_opts)
-    assert calls == ["staged"] * 2
+    assert calls == ["staged"] * 3
     monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 370 * 470))
     with open_raw(src) as raw:
         denoise(raw, net, staged_opts)
-    assert calls == ["staged"] * 3
+    assert calls == ["staged"] * 4
 
 
 def test_cards_with_impossible_stages_are_refused(tmp_path: Path) -> None:
