@@ -459,15 +459,18 @@ class Network:
     def _load_stages(self, half_skips: bool) -> tuple[Any, Any, Any, UNetStages]:
         import onnxruntime as ort
 
-        from .unet_split import split_unet
+        from .stage_cache import cached_split
 
         card = self.card
         model = self._model if isinstance(self._model, bytes) else card.path.read_bytes()
-        if not isinstance(self._model, bytes) and hashlib.sha256(model).hexdigest() != card.sha256:
+        sha = hashlib.sha256(model).hexdigest()
+        if not isinstance(self._model, bytes) and sha != card.sha256:
             raise ModelError("model file changed after it was loaded", card.path)
         inputs = [card.input_name, *([card.noise_input] if card.noise_input else [])]
         try:
-            cut = split_unet(model, card.staged_level, inputs, card.output_name, half_skips)
+            cut = cached_split(
+                model, sha, card.staged_level, inputs, card.output_name, half_skips
+            )
             sessions = [
                 ort.InferenceSession(
                     part, sess_options=self._options, providers=list(self.providers)

@@ -17,6 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stage_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Cut networks are cached in a folder of the test session's (never the user's cache);
+    subprocesses inherit it through the environment."""
+    import os
+
+    old = os.environ.get("SIDRAW_CACHE_DIR")
+    os.environ["SIDRAW_CACHE_DIR"] = str(tmp_path_factory.mktemp("sidraw-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SIDRAW_CACHE_DIR", None)
+    else:
+        os.environ["SIDRAW_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a Bayer and an X-Trans random-weight U-Net and their model cards.

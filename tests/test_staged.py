@@ -282,3 +282,31 @@ def test_bundled_models_run_staged_as_on_the_whole_frame(cfa: str) -> None:
     # As convert runs it: a few 14-bit steps off at most, a fraction of one on average.
     error = np.abs(run_staged(image, half, tile=64) - whole)
     assert error.max() <= 8 / 16383 and error.mean() <= 1 / 16383
+
+
+def test_cut_networks_are_cached_and_checked(tmp_path: Path, monkeypatch) -> None:
+    import sidraw.stage_cache as cache_mod
+
+    monkeypatch.setenv("SIDRAW_CACHE_DIR", str(tmp_path))
+    model = build_unet(4, width=4, noise_map=True).SerializeToString()
+    args = (model, "ab" * 32, 2, ["input", "noise"], "output", True)
+    first = cache_mod.cached_split(*args)
+    folders = list((tmp_path / "stages").iterdir())
+    assert len(folders) == 1 and (folders[0] / "stages.json").is_file()
+
+    def no_cut(*_a, **_k):
+        raise AssertionError("cut again although cached")
+
+    monkeypatch.setattr(cache_mod, "split_unet", no_cut)
+    assert cache_mod.cached_split(*args) == first  # read back, no onnx needed
+    # A damaged cached graph is not used: the network is cut again and the cache mended.
+    (folders[0] / "deep.onnx").write_bytes(b"garbage")
+    monkeypatch.setattr(cache_mod, "split_unet", split_unet)
+    assert cache_mod.cached_split(*args) == first
+    assert (folders[0] / "deep.onnx").read_bytes() == first.deep
+    # Another level is another cut; an unwritable cache only costs the cut.
+    other = cache_mod.cached_split(model, "ab" * 32, 1, ["input", "noise"], "output", True)
+    assert other.level == 1 and len(list((tmp_path / "stages").iterdir())) == 2
+    monkeypatch.setenv("SIDRAW_CACHE_DIR", str(tmp_path / "stages" / folders[0].name / "x.onnx"))
+    (tmp_path / "stages" / folders[0].name / "x.onnx").write_bytes(b"")  # a file, not a folder
+    assert cache_mod.cached_split(*args) == first
