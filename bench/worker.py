@@ -118,6 +118,25 @@ def cmd_stages(args: argparse.Namespace) -> None:
     )
 
 
+def _amplified_frame(args: argparse.Namespace, card: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The frame read, packed, normalised, amplified and clipped as sidraw's denoise() does:
+    ((h, w, C) float32, (1, 2) float32 noise vector, as convert tells noise-conditioned models)."""
+    from sidraw.exposure import amplify
+    from sidraw.mosaic import normalise_packed, pack
+    from sidraw.noise_estimate import noise_vector
+    from sidraw.pipeline import estimate_file_noise
+    from sidraw.raw import open_raw
+
+    with open_raw(args.src) as raw:
+        info = raw.info
+        photosites = pack(raw.mosaic, info.layout)
+        noise = noise_vector(estimate_file_noise(raw).estimate, args.ratio)
+        packed = normalise_packed(photosites, info.layout, info.black, info.white)
+    x = amplify(packed, args.ratio, out=packed)
+    np.clip(x, *card.input_clip, out=x)
+    return x, noise
+
+
 def cmd_network(args: argparse.Namespace) -> None:
     """The network alone on the frame cut into a grid of non-overlapping tiles.
 
@@ -126,23 +145,11 @@ def cmd_network(args: argparse.Namespace) -> None:
     first to warm onnxruntime up (its arena, its kernels' packed weights); then all tiles are
     timed back to back.
     """
-    from sidraw.exposure import amplify
     from sidraw.model import Network, card_for
-    from sidraw.mosaic import normalise_packed, pack
-    from sidraw.noise_estimate import noise_vector
-    from sidraw.pipeline import estimate_file_noise
-    from sidraw.raw import open_raw
 
     card = card_for(args.cfa, args.model or None)
     network = Network(card, args.device, args.threads, args.precision)
-    with open_raw(args.src) as raw:
-        info = raw.info
-        photosites = pack(raw.mosaic, info.layout)
-        # Noise-conditioned models are told the frame's noise, as convert tells them.
-        noise = noise_vector(estimate_file_noise(raw).estimate, args.ratio)
-        packed = normalise_packed(photosites, info.layout, info.black, info.white)
-    x = amplify(packed, args.ratio, out=packed)
-    np.clip(x, *card.input_clip, out=x)  # as sidraw's denoise() does
+    x, noise = _amplified_frame(args, card)
     h, w, c = x.shape
     t = args.tile or card.tile
     ny, nx = math.ceil(h / t), math.ceil(w / t)
@@ -181,23 +188,12 @@ def cmd_staged_network(args: argparse.Namespace) -> None:
     """The network alone, staged as convert runs it (:mod:`sidraw.staged`): its three stages and
     what passes between them on the whole in-memory frame, after a warm-up on a 256 x 256 crop
     (sessions made, kernels' weights packed). For models whose card has a ``staged`` entry."""
-    from sidraw.exposure import amplify
     from sidraw.model import Network, card_for
-    from sidraw.mosaic import normalise_packed, pack
-    from sidraw.noise_estimate import noise_vector
-    from sidraw.pipeline import estimate_file_noise
-    from sidraw.raw import open_raw
     from sidraw.staged import run_staged
 
     card = card_for(args.cfa, args.model or None)
     network = Network(card, args.device, args.threads, args.precision)
-    with open_raw(args.src) as raw:
-        info = raw.info
-        photosites = pack(raw.mosaic, info.layout)
-        noise = noise_vector(estimate_file_noise(raw).estimate, args.ratio)
-        packed = normalise_packed(photosites, info.layout, info.black, info.white)
-    x = amplify(packed, args.ratio, out=packed)
-    np.clip(x, *card.input_clip, out=x)
+    x, noise = _amplified_frame(args, card)
     stages = network.stages(noise)
     if stages is None:
         raise SystemExit(f"{card.name} does not run staged")
@@ -318,40 +314,31 @@ def cmd_rawpy(args: argparse.Namespace) -> None:
     _emit({"seconds": time.perf_counter() - start, "develop_s": develop, "shape": list(rgb.shape)})
 
 
+def _frame_args(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that run sidraw's network on a frame."""
+    p.add_argument("--src", required=True)
+    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
+    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
+    p.add_argument("--ratio", type=float, default=100.0)
+    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the model card's)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("stages")
-    p.add_argument("--src", required=True)
+    _frame_args(p)
     p.add_argument("--dst", required=True)
-    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
-    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
-    p.add_argument("--ratio", type=float, default=100.0)
-    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the model card's)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--tiling", choices=["auto", "staged", "tiles"], default="auto")
     p.set_defaults(fn=cmd_stages)
     p = sub.add_parser("staged-network")
-    p.add_argument("--src", required=True)
-    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
-    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
-    p.add_argument("--ratio", type=float, default=100.0)
-    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the card's staged tile)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _frame_args(p)
     p.set_defaults(fn=cmd_staged_network)
     p = sub.add_parser("network")
-    p.add_argument("--src", required=True)
-    p.add_argument("--model", default="", help="model card, ONNX file or folder ('': bundled)")
-    p.add_argument("--cfa", choices=["bayer", "xtrans"], required=True)
-    p.add_argument("--ratio", type=float, default=100.0)
-    p.add_argument("--tile", type=int, default=0, help="packed pixels (0: the model card's)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "int8", "fp16"], default="auto")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _frame_args(p)
     p.set_defaults(fn=cmd_network)
     p = sub.add_parser("conv")
     p.add_argument("--threads", type=int)
