@@ -21,9 +21,8 @@ from .seams import overlap_frame
 #: The level at which the bundled networks are cut: on 2 cores it took the least time of levels
 #: 1 to 3 on a 12 MP Bayer frame, and needs a context of one alignment step.
 STAGED_LEVEL = 2
-#: Side of the full-resolution tiles: on 2 cores, 12 MP Bayer frame, one thread, the three
-#: stages took 8.0 s in tiles of 512 and 8.9 s in tiles of 960 (the decoder slows down on
-#: larger tiles); 384 was no faster than 512.
+#: Side of the full-resolution tiles: on a 12 MP Bayer frame, one thread, the three stages took
+#: 7.9 s in tiles of 512 and 9.2 s in tiles of 960 (the decoder slows down on larger tiles).
 STAGED_TILE = 512
 #: Packed pixels of the measuring frame's sides (a crop of the seams frame, for speed).
 MEASURE_SIZE = (352, 416)
