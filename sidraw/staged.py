@@ -183,10 +183,14 @@ def run_staged_stream(
         tick()
         return stages.deep(batch, last=True)
 
-    answer = run_tiled(
-        features, deep, tile=deep_tile, overlap=stages.deep_overlap, multiple=deep_multiple,
-        margin=0, out_channels=stages.answer_channels, last_fn=deep_last,
-    )
+    if total == 2 * len(wy) * len(wx) + 1:  # one deep tile: the features as they are
+        answer = deep_last(_batch(features))[0].transpose(1, 2, 0)
+    else:
+        answer = run_tiled(
+            features, deep, tile=deep_tile, overlap=stages.deep_overlap,
+            multiple=deep_multiple, margin=0, out_channels=stages.answer_channels,
+            last_fn=deep_last,
+        )
     del features
     _decode_pass(
         read, stages, [answer, *skips], write, wy, wx, cols, (h, w), margin, out_channels, tick
