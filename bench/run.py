@@ -547,25 +547,27 @@ def tiling_overhead(
 
 
 def staged_plan(h: int, w: int, tile: int, card: ModelCard) -> dict[str, Any] | None:
-    """What staged inference (:mod:`sidraw.staged`) runs on the frame: its full-resolution
-    windows (read area over the frame's, each pass), its deep tiles and its progress steps."""
+    """What staged inference (:mod:`sidraw.staged`) runs on the frame, as convert plans it (no
+    margin): its full-resolution windows (read area over the frame's, each pass), its deep tiles
+    and its progress steps."""
     if not card.staged_level:
         return None
-    from sidraw.staged import DEEP_TILE, plan_windows
-    from sidraw.tiling import plan_axis
+    from sidraw.staged import deep_overlap_for, plan_stages
 
-    s, m = 2**card.staged_level, card.downsample
-    py, px = (plan_axis(n, 1 << 30, 0, m, 0) for n in (h, w))  # no margin, as convert
-    wy, wx = (plan_windows(p.padded, tile, card.staged_context, m) for p in (py, px))
-    area = sum(y.read_hi - y.read_lo for y in wy) * sum(x.read_hi - x.read_lo for x in wx)
-    deep_overlap = -(-card.overlap // s // (m // s)) * (m // s)
-    dy, dx = (plan_axis(p.padded // s, DEEP_TILE, deep_overlap, m // s, 0) for p in (py, px))
-    deep = len(dy.origins) * len(dx.origins)
+    scale = 2**card.staged_level
+    plan = plan_stages(
+        (h, w), tile=tile, context=card.staged_context, scale=scale, margin=0,
+        deep_overlap=deep_overlap_for(card.overlap, scale, card.downsample),
+        multiple=card.downsample,
+    )
+    area = sum(y.read_hi - y.read_lo for y in plan.rows) * sum(
+        x.read_hi - x.read_lo for x in plan.cols
+    )
     return {
-        "windows": len(wy) * len(wx),
+        "windows": len(plan.rows) * len(plan.cols),
         "window_area_over_frame": area / (h * w),
-        "deep_tiles": deep,
-        "steps": 2 * len(wy) * len(wx) + deep,
+        "deep_tiles": plan.deep_tiles,
+        "steps": plan.steps,
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import ModelError
 from .mosaic import BAYER_CHANNELS, XTRANS_CHANNELS, Layout
-from .staged import Stages
+from .staged import Stages, deep_overlap_for
 from .tiling import DEFAULT_TILE
 from .unet_split import UNetStages
 
@@ -438,7 +438,6 @@ class Network:
             return run(decode, [card.output_name], feeds, last)[0]
 
         scale = 2**card.staged_level
-        step = card.downsample // scale
         # Features and answer float32 at 1/scale, skip k in its own type at 1/2**k.
         held = 4.0 * (_channels(encode, 0) + _channels(deep, 0)) / scale**2
         for k in range(card.staged_level):
@@ -451,7 +450,7 @@ class Network:
             decode=dec,
             scale=scale,
             context=card.staged_context,
-            deep_overlap=-(-card.overlap // scale // step) * step,
+            deep_overlap=deep_overlap_for(card.overlap, scale, card.downsample),
             answer_channels=_channels(deep, 0),
             held_bytes=held,
         )

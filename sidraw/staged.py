@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .tiling import ReadFn, WriteFn, plan_axis, reflect_index, run_tiled
+from .tiling import AxisPlan, ReadFn, WriteFn, plan_axis, reflect_index, run_tiled
 
 #: Largest side, in pixels of the deep stage's input, that it runs in one piece (with the
 #: tiling slack, 576): at level 2 a 12 MP Bayer or 24 MP X-Trans frame.
@@ -120,6 +120,72 @@ def _last_reads(windows: list[Window], length: int, margin: int) -> list[int]:
     return later
 
 
+def deep_overlap_for(overlap: int, scale: int, multiple: int) -> int:
+    """Overlap of deep tiles (deep pixels) for a network whose overlapping tiles need
+    ``overlap`` packed pixels: a ``scale``-th of it, rounded up to ``multiple // scale``."""
+    step = multiple // scale
+    return -(-overlap // scale // step) * step
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Where the passes of :func:`run_staged_stream` run on a frame.
+
+    Attributes:
+        padded: (h, w) of the frame padded by the margin and to multiples of the downsampling.
+        rows, cols: the full-resolution windows of each axis (:func:`plan_windows`).
+        deep_tile, deep_multiple: the deep stage's tile and alignment, in deep pixels.
+        deep_rows, deep_cols: its tiling of the features (one origin each: one piece).
+    """
+
+    padded: tuple[int, int]
+    rows: list[Window]
+    cols: list[Window]
+    deep_tile: int
+    deep_multiple: int
+    deep_rows: AxisPlan
+    deep_cols: AxisPlan
+
+    @property
+    def deep_tiles(self) -> int:
+        return len(self.deep_rows.origins) * len(self.deep_cols.origins)
+
+    @property
+    def steps(self) -> int:
+        """Progress steps: every window twice, every deep tile once."""
+        return 2 * len(self.rows) * len(self.cols) + self.deep_tiles
+
+
+def plan_stages(
+    shape: tuple[int, int],
+    *,
+    tile: int,
+    context: int,
+    scale: int,
+    deep_overlap: int,
+    multiple: int = 16,
+    margin: int = DEFAULT_MARGIN,
+    deep_tile: int = DEEP_TILE,
+) -> StagePlan:
+    """The :class:`StagePlan` of an (h, w) packed frame (arguments as for
+    :func:`run_staged_stream` and :class:`Stages`)."""
+    py, px = (plan_axis(n, 1 << 30, 0, multiple, margin) for n in shape)
+    deep_multiple = multiple // scale
+    deep_tile = -(-deep_tile // deep_multiple) * deep_multiple
+    dy, dx = (
+        plan_axis(p.padded // scale, deep_tile, deep_overlap, deep_multiple, 0) for p in (py, px)
+    )
+    return StagePlan(
+        padded=(py.padded, px.padded),
+        rows=plan_windows(py.padded, tile, context, multiple),
+        cols=plan_windows(px.padded, tile, context, multiple),
+        deep_tile=deep_tile,
+        deep_multiple=deep_multiple,
+        deep_rows=dy,
+        deep_cols=dx,
+    )
+
+
 def run_staged_stream(
     shape: tuple[int, int],
     read: ReadFn,
@@ -150,111 +216,97 @@ def run_staged_stream(
         deep_tile: largest side of a deep tile, in deep pixels.
         progress: called with ``(done, total)`` after each tile of each pass.
     """
+    plan = plan_stages(
+        shape, tile=tile, context=stages.context, scale=stages.scale,
+        deep_overlap=stages.deep_overlap, multiple=multiple, margin=margin, deep_tile=deep_tile,
+    )
     h, w = shape
-    s = stages.scale
-    py = plan_axis(h, 1 << 30, 0, multiple, margin)
-    px = plan_axis(w, 1 << 30, 0, multiple, margin)
-    wy = plan_windows(py.padded, tile, stages.context, multiple)
-    wx = plan_windows(px.padded, tile, stages.context, multiple)
-    cols = [reflect_index(x.read_lo, x.read_hi, w, margin) for x in wx]
-    deep_multiple = multiple // s
-    deep_tile = -(-deep_tile // deep_multiple) * deep_multiple
-    deep_plans = [
-        plan_axis(n // s, deep_tile, stages.deep_overlap, deep_multiple, 0)
-        for n in (py.padded, px.padded)
-    ]
-    total = 2 * len(wy) * len(wx) + len(deep_plans[0].origins) * len(deep_plans[1].origins)
+    cols = [reflect_index(x.read_lo, x.read_hi, w, margin) for x in plan.cols]
     done = 0
 
     def tick() -> None:
         nonlocal done
         done += 1
         if progress is not None:
-            progress(done, total)
+            progress(done, plan.steps)
 
-    padded = (py.padded, px.padded)
-    features, skips = _encode_pass(read, stages, wy, wx, cols, (h, margin), padded, tick)
-
-    def deep(batch: np.ndarray) -> np.ndarray:
-        tick()
-        return stages.deep(batch)
-
-    def deep_last(batch: np.ndarray) -> np.ndarray:
-        tick()
-        return stages.deep(batch, last=True)
-
-    if total == 2 * len(wy) * len(wx) + 1:  # one deep tile: the features as they are
-        answer = deep_last(_batch(features))[0].transpose(1, 2, 0)
-    else:
-        answer = run_tiled(
-            features, deep, tile=deep_tile, overlap=stages.deep_overlap,
-            multiple=deep_multiple, margin=0, out_channels=stages.answer_channels,
-            last_fn=deep_last,
-        )
+    features, *skips = _encode_pass(read, stages, plan, cols, (h, margin), tick)
+    answer = _deep_pass(stages, plan, features, tick)
     del features
-    _decode_pass(
-        read, stages, [answer, *skips], write, wy, wx, cols, (h, w), margin, out_channels, tick
+    _decode_pass(read, stages, plan, [answer, *skips], write, cols, (h, w, margin), out_channels,
+                 tick)
+
+
+def _deep_pass(
+    stages: Stages, plan: StagePlan, features: np.ndarray, tick: Callable[[], None]
+) -> np.ndarray:
+    """(A, h / s, w / s) deep answer of the (F, h / s, w / s) features: in one piece, or in
+    overlapping tiles (:func:`sidraw.tiling.run_tiled`, on (h, w, C) views)."""
+
+    def deep(batch: np.ndarray, last: bool = False) -> np.ndarray:
+        tick()
+        return stages.deep(batch, last=last)
+
+    if plan.deep_tiles == 1:
+        return deep(features[None], last=True)[0]
+    answer = run_tiled(
+        features.transpose(1, 2, 0), deep, tile=plan.deep_tile, overlap=stages.deep_overlap,
+        multiple=plan.deep_multiple, margin=0, out_channels=stages.answer_channels,
+        last_fn=lambda batch: deep(batch, last=True),
     )
+    return answer.transpose(2, 0, 1)
 
 
 def _encode_pass(
     read: ReadFn,
     stages: Stages,
-    wy: list[Window],
-    wx: list[Window],
+    plan: StagePlan,
     cols: list[np.ndarray],
     rows_of: tuple[int, int],
-    padded: tuple[int, int],
     tick: Callable[[], None],
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(padded h / s, padded w / s, F) float32 features of the whole padded frame, and its
-    skip connections, (S_k, padded h / 2**k, padded w / 2**k) for k < L, in the dtype the
-    encode stage gives them (``rows_of``: the image height and margin)."""
+) -> list[np.ndarray]:
+    """The features of the whole padded frame, (F, padded h / s, padded w / s) float32, then its
+    skip connections, (S_k, padded h / 2**k, padded w / 2**k) for k < L in the dtype the encode
+    stage gives them (``rows_of``: the image height and margin). All held (C, h, w), as the
+    stages give and take them, so that storing and reading a window needs no transposing copy."""
     h, margin = rows_of
     held: list[np.ndarray] = []
-    for ky, y in enumerate(wy):
+    last_window = (len(plan.rows) - 1, len(plan.cols) - 1)
+    for ky, y in enumerate(plan.rows):
         rows = reflect_index(y.read_lo, y.read_hi, h, margin)
-        for kx, x in enumerate(wx):
-            last = ky == len(wy) - 1 and kx == len(wx) - 1
-            outs = stages.encode(_batch(read(rows, cols[kx])), last=last)
-            # Features first (at 1/scale, (h, w, C) for run_tiled), then skip k at 1/2**k,
-            # held (C, h, w) so that storing and reading a window needs no transposing copy.
+        for kx, x in enumerate(plan.cols):
+            outs = stages.encode(_batch(read(rows, cols[kx])), last=(ky, kx) == last_window)
             scales = [stages.scale] + [2**k for k in range(len(outs) - 1)]
             if not held:
                 held = [
-                    np.empty((padded[0] // f, padded[1] // f, out.shape[1]), dtype=np.float32)
-                    if i == 0
-                    else np.empty((out.shape[1], padded[0] // f, padded[1] // f), dtype=out.dtype)
-                    for i, (out, f) in enumerate(zip(outs, scales, strict=True))
+                    np.empty((out.shape[1], plan.padded[0] // f, plan.padded[1] // f), out.dtype)
+                    for out, f in zip(outs, scales, strict=True)
                 ]
-            for i, (out, f, into) in enumerate(zip(outs, scales, held, strict=True)):
-                part = out[0, :, (y.lo - y.read_lo) // f : (y.hi - y.read_lo) // f,
-                           (x.lo - x.read_lo) // f : (x.hi - x.read_lo) // f]
-                target = (slice(y.lo // f, y.hi // f), slice(x.lo // f, x.hi // f))
-                if i == 0:
-                    into[target] = part.transpose(1, 2, 0)
-                else:
-                    into[(slice(None), *target)] = part
+            for out, f, into in zip(outs, scales, held, strict=True):
+                into[:, y.lo // f : y.hi // f, x.lo // f : x.hi // f] = out[
+                    0, :, (y.lo - y.read_lo) // f : (y.hi - y.read_lo) // f,
+                    (x.lo - x.read_lo) // f : (x.hi - x.read_lo) // f
+                ]
             tick()
-    return held[0], held[1:]
+    return held
 
 
 def _decode_pass(
     read: ReadFn,
     stages: Stages,
+    plan: StagePlan,
     held: list[np.ndarray],
     write: WriteFn,
-    wy: list[Window],
-    wx: list[Window],
     cols: list[np.ndarray],
-    shape: tuple[int, int],
-    margin: int,
+    frame: tuple[int, int, int],
     out_channels: int,
     tick: Callable[[], None],
 ) -> None:
-    h, w = shape
-    s = stages.scale
-    later = _last_reads(wy, h, margin)
+    """``held``: the deep answer, then the skip connections, each (C, h, w) at its scale;
+    ``frame``: the image's h, w and margin."""
+    h, w, margin = frame
+    scales = [stages.scale] + [2**k for k in range(len(held) - 1)]
+    later = _last_reads(plan.rows, h, margin)
     pending: list[tuple[int, np.ndarray]] = []  # finished image rows not yet safe to hand on
 
     def flush(limit: int) -> None:
@@ -265,18 +317,20 @@ def _decode_pass(
             if n < rows.shape[0]:
                 pending.insert(0, (row0 + n, rows[n:]))
 
-    for ky, y in enumerate(wy):
+    last_window = (len(plan.rows) - 1, len(plan.cols) - 1)
+    for ky, y in enumerate(plan.rows):
         rows = reflect_index(y.read_lo, y.read_hi, h, margin)
         band = np.empty((y.hi - y.lo, w, out_channels), dtype=np.float32)
-        for kx, x in enumerate(wx):
-            last = ky == len(wy) - 1 and kx == len(wx) - 1
-            answer = held[0][y.read_lo // s : y.read_hi // s, x.read_lo // s : x.read_hi // s]
-            parts = [_batch(answer)]
-            for k, skip in enumerate(held[1:]):
-                f = 2**k
-                window = skip[:, y.read_lo // f : y.read_hi // f, x.read_lo // f : x.read_hi // f]
-                parts.append(np.ascontiguousarray(window)[None])
-            out = stages.decode(_batch(read(rows, cols[kx])), *parts, last=last)[0]
+        for kx, x in enumerate(plan.cols):
+            parts = [
+                np.ascontiguousarray(
+                    a[:, y.read_lo // f : y.read_hi // f, x.read_lo // f : x.read_hi // f]
+                )[None]
+                for a, f in zip(held, scales, strict=True)
+            ]
+            out = stages.decode(
+                _batch(read(rows, cols[kx])), *parts, last=(ky, kx) == last_window
+            )[0]
             if out.shape[0] != out_channels:
                 raise ValueError(f"network returned {out.shape[0]} channels, not {out_channels}")
             # The part of this tile's core inside the image (not the reflect padding).
