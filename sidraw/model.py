@@ -349,7 +349,6 @@ class Network:
         self.card = card
         self.providers = tuple(self.session.get_providers())
         self.threads = opts.intra_op_num_threads
-        self._model = model
         self._options = opts
         self._stage_sessions: dict[bool, tuple[Any, Any, Any, UNetStages]] = {}
 
@@ -461,14 +460,18 @@ class Network:
         from .stage_cache import cached_split
 
         card = self.card
-        model = self._model if isinstance(self._model, bytes) else card.path.read_bytes()
-        sha = hashlib.sha256(model).hexdigest()
-        if not isinstance(self._model, bytes) and sha != card.sha256:
-            raise ModelError("model file changed after it was loaded", card.path)
+
+        def model() -> bytes:
+            # Only float32 models are cut: the card's file, whose sha256 was checked at load.
+            data = card.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != card.sha256:
+                raise ModelError("model file changed after it was loaded", card.path)
+            return data
+
         inputs = [card.input_name, *([card.noise_input] if card.noise_input else [])]
         try:
             cut = cached_split(
-                model, sha, card.staged_level, inputs, card.output_name, half_skips
+                model, card.sha256, card.staged_level, inputs, card.output_name, half_skips
             )
             sessions = [
                 ort.InferenceSession(

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .unet_split import UNetStages, split_unet
@@ -33,16 +34,22 @@ def cache_dir() -> Path:
 
 
 def cached_split(
-    model: bytes, sha256: str, level: int, inputs: list[str], output: str, half_skips: bool
+    model: Callable[[], bytes],
+    sha256: str,
+    level: int,
+    inputs: list[str],
+    output: str,
+    half_skips: bool,
 ) -> UNetStages:
-    """:func:`sidraw.unet_split.split_unet` of ``model`` (whose sha256 is ``sha256``), read from
-    the cache when it holds that cut, else made and stored there."""
+    """:func:`sidraw.unet_split.split_unet` of the model whose sha256 is ``sha256``, read from
+    the cache when it holds that cut, else made from ``model()`` (its bytes, read only then) and
+    stored there."""
     name = f"{sha256}-L{level}-{'f16' if half_skips else 'f32'}-v{CUT_VERSION}"
     folder = cache_dir() / "stages" / name
     found = _read(folder, inputs, output)
     if found is not None:
         return found
-    stages = split_unet(model, level, inputs, output, half_skips)
+    stages = split_unet(model(), level, inputs, output, half_skips)
     # A read-only or full disk: the cut stays in memory and the next run cuts again.
     with contextlib.suppress(OSError):
         _write(folder, stages, inputs, output)

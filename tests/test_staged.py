@@ -289,7 +289,7 @@ def test_cut_networks_are_cached_and_checked(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setenv("SIDRAW_CACHE_DIR", str(tmp_path))
     model = build_unet(4, width=4, noise_map=True).SerializeToString()
-    args = (model, "ab" * 32, 2, ["input", "noise"], "output", True)
+    args = (lambda: model, "ab" * 32, 2, ["input", "noise"], "output", True)
     first = cache_mod.cached_split(*args)
     folders = list((tmp_path / "stages").iterdir())
     assert len(folders) == 1 and (folders[0] / "stages.json").is_file()
@@ -305,7 +305,9 @@ def test_cut_networks_are_cached_and_checked(tmp_path: Path, monkeypatch) -> Non
     assert cache_mod.cached_split(*args) == first
     assert (folders[0] / "deep.onnx").read_bytes() == first.deep
     # Another level is another cut; an unwritable cache only costs the cut.
-    other = cache_mod.cached_split(model, "ab" * 32, 1, ["input", "noise"], "output", True)
+    other = cache_mod.cached_split(
+        lambda: model, "ab" * 32, 1, ["input", "noise"], "output", True
+    )
     assert other.level == 1 and len(list((tmp_path / "stages").iterdir())) == 2
     monkeypatch.setenv("SIDRAW_CACHE_DIR", str(tmp_path / "stages" / folders[0].name / "x.onnx"))
     (tmp_path / "stages" / folders[0].name / "x.onnx").write_bytes(b"")  # a file, not a folder
