@@ -201,22 +201,30 @@ def test_residual_noise_conditioned_unet_starts_at_the_identity() -> None:
     assert not torch.allclose(model(x, noise), model(x, noise * 4))
 
 
-def test_noise_conditioned_export_and_inference(tmp_path: Path) -> None:
-    from sidraw.model import Network, load_card
+def _exported_noise_model(folder: Path, name: str, seed: int) -> tuple[UNet, Path, float]:
+    """A small noise-conditioned residual U-Net (head not zero), exported with its cards:
+    (model, ONNX path, parity)."""
     from sidraw.train.cards import write_cards
     from sidraw.train.loop import TrainConfig
 
-    torch.manual_seed(2)
+    torch.manual_seed(seed)
     cfg = TrainConfig(width=4, max_mult=4, residual=True, noise_map=True)
     model = UNet(cfg.unet())
     with torch.no_grad():
         model.head.weight.normal_(std=0.1)
-    path = tmp_path / "nm.onnx"
+    path = folder / f"{name}.onnx"
     diff = export_onnx(model, path)
+    write_cards(folder, name, "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0}, diff)
+    return model, path, diff
+
+
+def test_noise_conditioned_export_and_inference(tmp_path: Path) -> None:
+    from sidraw.model import Network, load_card
+
+    model, path, diff = _exported_noise_model(tmp_path, "nm", seed=2)
     assert diff <= 1e-4
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["input", "noise"]
-    write_cards(tmp_path, "nm", "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0}, diff)
     card = load_card(tmp_path / "nm.json")
     assert card.noise_input == "noise"
     net = Network(card, "cpu", threads=1)
@@ -266,18 +274,9 @@ def test_exported_network_records_its_staged_context(tmp_path: Path) -> None:
     from sidraw.model import Network, load_card
     from sidraw.staged import run_staged
     from sidraw.tiling import run_whole
-    from sidraw.train.cards import write_cards
-    from sidraw.train.loop import TrainConfig
     from sidraw.train.stage_card import stage_card
 
-    torch.manual_seed(3)
-    cfg = TrainConfig(width=4, max_mult=4, residual=True, noise_map=True)
-    model = UNet(cfg.unet())
-    with torch.no_grad():
-        model.head.weight.normal_(std=0.1)
-    path = tmp_path / "st.onnx"
-    diff = export_onnx(model, path)
-    write_cards(tmp_path, "st", "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0}, diff)
+    _exported_noise_model(tmp_path, "st", seed=3)
     staged = stage_card(tmp_path / "st.json")
     assert staged["level"] == 2 and staged["context"] == 16  # the reach of two levels
     assert "Staged inference" in (tmp_path / "st.md").read_text()
