@@ -89,101 +89,103 @@ def residual(
     return d
 
 
+#: Rows of :attr:`BlockMeans.totals`: per block, the sums over its valid photosites of the
+#: limited residuals, of 1 (their count), of the output, and of the squared residuals limited at
+#: ``ENERGY_SIGMAS``. The guard's expected variances and the white check's input levels follow
+#: from them: ``a * outputs + b * counts`` and ``outputs + sums``, as the output is 0..1.
+SUMS, COUNTS, OUTPUTS, SQUARES = range(4)
+
+
 @dataclass
 class BlockMeans:
-    """Running per-block sums of residuals over the rows of a packed image.
+    """Running per-block sums over the rows of a packed image.
 
     Attributes:
         shape: (h, w, C) of the packed image.
         block: block edge, packed pixels.
-        sums, counts: (ceil(h / block), ceil(w / block), C) float64.
-        squares, variances: same shape: sums of squared residuals and of their expected
-            variances (for the guard; zero when no variances are given).
-        levels: same shape: sums of the output plus its limited residual, the amplified input
-            (for the white level; zero when not given).
+        totals: (4, ceil(h / block), ceil(w / block), C) float64, rows :data:`SUMS`,
+            :data:`COUNTS`, :data:`OUTPUTS` and :data:`SQUARES` (zero where not given).
     """
 
     shape: tuple[int, int, int]
     block: int
-    sums: np.ndarray
-    counts: np.ndarray
-    squares: np.ndarray
-    variances: np.ndarray
-    levels: np.ndarray
+    totals: np.ndarray
 
     @classmethod
     def empty(cls, shape: tuple[int, int, int], block: int) -> BlockMeans:
         h, w, c = shape
-        grid = (-(-h // block), -(-w // block), c)
-        return cls(shape, block, *(np.zeros(grid) for _ in range(5)))
+        return cls(shape, block, np.zeros((4, -(-h // block), -(-w // block), c)))
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self.totals[SUMS]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.totals[COUNTS]
 
     def add(
         self,
         row0: int,
         res: np.ndarray,
         valid: np.ndarray,
-        var: np.ndarray | None = None,
+        output: np.ndarray | None = None,
         wide: np.ndarray | None = None,
-        level: np.ndarray | None = None,
     ) -> None:
         """Add rows ``row0 .. row0 + n`` of residuals (n, w, C), counting only ``valid`` ones
-        (bool, same shape), for the guard their expected variances ``var`` and the residuals
-        limited at ``ENERGY_SIGMAS``, ``wide``, and for the white level the input ``level``.
-        Each row is added once."""
-        r = np.where(valid, res, np.float32(0.0))
-        parts = [(self.sums, r), (self.counts, valid)]
-        if var is not None and wide is not None:
-            e = np.where(valid, wide, np.float32(0.0))
-            parts += [(self.squares, e * e), (self.variances, np.where(valid, var, 0.0))]
-        if level is not None:
-            parts.append((self.levels, np.where(valid, level, np.float32(0.0))))
+        (bool, or float32 0 / 1, same shape), for the white level and the guard their
+        ``output`` (0..1), and for the guard the residuals limited at ``ENERGY_SIGMAS``,
+        ``wide``. Each row is added once."""
+        mask = valid if valid.dtype == np.float32 else valid.astype(np.float32)
         n, b = res.shape[0], self.block
-        wb = self.sums.shape[1]
-        # Rows are summed per block row first (a slice spans one or two), then columns per block.
+        # Per block row (a slice spans one or two): masked sums down the rows, then across
+        # each block's columns, all totals at once.
         for k in range(row0 // b, (row0 + n - 1) // b + 1):
             lo, hi = max(k * b, row0) - row0, min((k + 1) * b, row0 + n) - row0
-            for total, values in parts:
-                total[k] += _sum_columns(values[lo:hi].sum(axis=0, dtype=np.float64), wb, b)
+            m = mask[lo:hi]
+            rows = np.zeros((4, *res.shape[1:]), dtype=np.float32)
+            np.einsum("nwc,nwc->wc", res[lo:hi], m, out=rows[SUMS])
+            np.sum(m, axis=0, out=rows[COUNTS])
+            if output is not None:
+                np.einsum("nwc,nwc->wc", output[lo:hi], m, out=rows[OUTPUTS])
+            if wide is not None:
+                np.einsum("nwc,nwc,nwc->wc", wide[lo:hi], wide[lo:hi], m, out=rows[SQUARES])
+            self.totals[:, k] += _sum_columns(rows, self.totals.shape[2], b)
 
-    def grid_row(self, k: int) -> np.ndarray:
-        """(w, C) float32: the means of block row ``k``, each block averaged with its 3 x 3
-        neighbourhood (weighted by counts, so blocks with few valid photosites count little;
-        edges repeated), interpolated linearly between block centres along the row (held
-        beyond the outer ones). Block rows ``k - 1 .. k + 1`` must be complete."""
-        s, n = self._neighbourhood(self.sums, k), self._neighbourhood(self.counts, k)
-        return self._along_row((s / np.maximum(n, 1.0)).astype(np.float32))
+    def grid_rows(self, k: int, noise: np.ndarray | None, guard: float) -> np.ndarray:
+        """(3, w, C) float32 for block row ``k`` (block rows ``k - 1 .. k + 1`` complete), each
+        block taken with its 3 x 3 neighbourhood (edges repeated), interpolated linearly between
+        block centres along the row (held beyond the outer ones):
 
-    def gain_row(self, k: int, guard: float) -> np.ndarray:
-        """(w, C) float32: the share ``min(1, guard * V / E)`` of the network's correction kept
-        in block row ``k``, from the same 3 x 3 neighbourhoods, interpolated like
-        :meth:`grid_row`. Blocks without valid photosites keep all of it."""
-        n = np.maximum(self._neighbourhood(self.counts, k), 1.0)
-        mean = self._neighbourhood(self.sums, k) / n
-        energy = self._neighbourhood(self.squares, k) / n - mean * mean
-        expected = self._neighbourhood(self.variances, k) / n
-        gain = np.minimum(1.0, guard * expected / np.maximum(energy, 1e-20))
-        return self._along_row(gain.astype(np.float32))
-
-    def white_row(self, k: int, noise: np.ndarray) -> np.ndarray:
-        """(w, C) float32: how far block row ``k`` is taken towards white, per channel: 0 where
-        the neighbourhood mean of the input is ``WHITE_SIGMAS`` standard errors (from the noise
-        fit ``[a, b]``) or more below white, 1 at white or above, linear between; interpolated
-        like :meth:`grid_row`. Blocks without valid photosites: 0."""
-        n = self._neighbourhood(self.counts, k)
-        mean = self._neighbourhood(self.levels, k) / np.maximum(n, 1.0)
-        a, b = (float(v) for v in np.asarray(noise, dtype=np.float64).reshape(-1)[:2])
-        variance = (a * np.maximum(mean, 0.0) + max(b, 1e-12)) / np.maximum(n, 1.0)
-        width = WHITE_SIGMAS * np.sqrt(variance)
-        share = np.where(n > 0, np.clip((mean - 1.0) / width + 1.0, 0.0, 1.0), 0.0)
-        return self._along_row(share.astype(np.float32))
-
-    def _neighbourhood(self, totals: np.ndarray, k: int) -> np.ndarray:
-        last = self.sums.shape[0] - 1
-        return _box3_columns(totals[[max(k - 1, 0), k, min(k + 1, last)]].sum(axis=0))
-
-    def _along_row(self, cells: np.ndarray) -> np.ndarray:
-        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, cells.shape[0])
-        return cells[x0] * (1 - fx)[:, None] + cells[x1] * fx[:, None]
+        0. the mean residual (weighted by counts, so blocks with few valid photosites count
+           little);
+        1. the share ``min(1, guard * V / E)`` of the network's correction kept (1 where
+           ``guard`` is 0, and in blocks without valid photosites);
+        2. how far the block is taken towards white, per channel: 0 where the mean input is
+           ``WHITE_SIGMAS`` standard errors (from the noise fit ``[a, b]``) or more below white,
+           1 at white or above, linear between (0 without ``noise`` and in empty blocks).
+        """
+        last = self.totals.shape[1] - 1
+        near = self.totals[:, [max(k - 1, 0), k, min(k + 1, last)]].sum(axis=1)
+        sums, counts, outputs, squares = _box3_columns(near)
+        n = np.maximum(counts, 1.0)
+        mean = sums / n
+        grids = np.zeros((3, *mean.shape), dtype=np.float32)
+        grids[0] = mean
+        grids[1] = 1.0
+        if noise is not None:
+            a, b = (float(v) for v in np.asarray(noise, dtype=np.float64).reshape(-1)[:2])
+            b = max(b, 1e-12)
+            if guard > 0:
+                energy = squares / n - mean * mean
+                expected = (a * outputs + b * counts) / n
+                grids[1] = np.minimum(1.0, guard * expected / np.maximum(energy, 1e-20))
+            level = (outputs + sums) / n
+            width = WHITE_SIGMAS * np.sqrt((a * np.maximum(level, 0.0) + b) / n)
+            share = np.clip((level - 1.0) / width + 1.0, 0.0, 1.0)
+            grids[2] = np.where(counts > 0, share, 0.0)
+        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, mean.shape[0])
+        return grids[:, x0] * (1 - fx)[:, None] + grids[:, x1] * fx[:, None]
 
 
 class CorrectionStream:
@@ -212,7 +214,7 @@ class CorrectionStream:
         self.pending: list[tuple[int, list[np.ndarray]]] = []
         self.seen = 0
         self.done = 0
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
+        self.cache: dict[int, np.ndarray] = {}
 
     def push(
         self,
@@ -222,22 +224,26 @@ class CorrectionStream:
         valid: np.ndarray,
         amplified: np.ndarray | None = None,
     ) -> None:
-        """Rows ``row0 ..`` of the (clipped) output, their :func:`residual` and validity, and
-        for the guard the amplified input itself: residuals limited at ``ENERGY_SIGMAS``
+        """Rows ``row0 ..`` of the (clipped, 0..1) output, their :func:`residual` and validity,
+        and for the guard the amplified input itself: residuals limited at ``ENERGY_SIGMAS``
         measure each block's energy (a hot pixel cannot sway it), whole ones go back."""
         if row0 != self.seen:
             raise ValueError(f"rows must come in order: expected {self.seen}, got {row0}")
+        mask = valid.astype(np.float32)
         if self.guard > 0:
             if self.noise is None or amplified is None:
                 raise ValueError("the guard needs the noise input and the amplified input")
-            var = expected_variance(output, self.noise)
             whole = np.subtract(amplified, output, dtype=np.float32)
-            limit = np.sqrt(var) * np.float32(ENERGY_SIGMAS)
-            self.means.add(row0, res, valid, var, np.clip(whole, -limit, limit), output + res)
-            held = [output, whole, valid]
+            limit = expected_variance(output, self.noise)
+            np.sqrt(limit, out=limit)
+            limit *= np.float32(ENERGY_SIGMAS)
+            wide = np.minimum(whole, limit)
+            np.negative(limit, out=limit)
+            np.maximum(wide, limit, out=wide)
+            self.means.add(row0, res, mask, output, wide)
+            held = [output, whole, mask]
         else:
-            level = output + res if self.noise is not None else None
-            self.means.add(row0, res, valid, level=level)
+            self.means.add(row0, res, mask, output if self.noise is not None else None)
             held = [output]
         self.seen += output.shape[0]
         self.pending.append((row0, held))
@@ -251,7 +257,7 @@ class CorrectionStream:
 
     def _ready(self) -> int:
         """Rows ``< r`` whose correction no row still to come can change."""
-        b, cells = self.means.block, self.means.sums.shape[0]
+        b, cells = self.means.block, self.means.totals.shape[1]
         if self.seen >= self.means.shape[0]:
             return self.seen
         complete = self.seen // b  # block rows all of whose rows are in
@@ -273,51 +279,75 @@ class CorrectionStream:
             self.emit(row0, self._apply(row0, held))
             self.done = row0 + n
 
-    def _grid(self, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _grid(self, k: int) -> np.ndarray:
         if k not in self.cache:
-            gain = self.means.gain_row(k, self.guard) if self.guard > 0 else None
-            white = self.means.white_row(k, self.noise) if self.noise is not None else None
-            self.cache[k] = (self.means.grid_row(k), gain, white)
+            self.cache[k] = self.means.grid_rows(k, self.noise, self.guard)
         return self.cache[k]
 
     def _apply(self, row0: int, held: list[np.ndarray]) -> np.ndarray:
         rows = held[0]
         index = np.arange(row0, row0 + rows.shape[0])
-        y0, y1, fy = _interp_index(index, self.means.block, self.means.sums.shape[0])
+        y0, y1, fy = _interp_index(index, self.means.block, self.means.totals.shape[1])
         for k in [k for k in self.cache if k < y0[0]]:
             del self.cache[k]
         lo, hi = int(y0[0]), int(y1[-1]) + 1
-        fy3 = fy[:, None, None]
-
-        def interpolate(grid: np.ndarray) -> np.ndarray:
-            return grid[y0 - lo] * (1 - fy3) + grid[y1 - lo] * fy3
-
-        field = interpolate(np.stack([self._grid(k)[0] for k in range(lo, hi)]))
+        grids = np.stack([self._grid(k) for k in range(lo, hi)])  # (K, 3, w, C)
+        f = fy[:, None, None, None]
+        # (n, 3, w, C): the mean residual, the share kept and the pull to white at each row.
+        at = grids[y0 - lo] * (1 - f) + grids[y1 - lo] * f
+        field, gain, white = at[:, 0], at[:, 1], at[:, 2]
         corrected = rows + field
         if self.guard > 0:
-            gain = interpolate(np.stack([self._grid(k)[1] for k in range(lo, hi)]))
             # The share 1 - g of the residual about its local mean goes back; not where the
             # input is near white, whose true value is unknown.
-            corrected += np.where(held[2], (1 - gain) * (held[1] - field), np.float32(0.0))
+            back = np.subtract(held[1], field)
+            back *= 1 - gain
+            back *= held[2]
+            corrected += back
         if self.noise is not None:
-            white = interpolate(np.stack([self._grid(k)[2] for k in range(lo, hi)]))
-            corrected += white * np.maximum(np.float32(1.0) - corrected, np.float32(0.0))
-        blown = np.all(rows >= 1.0, axis=2, keepdims=True)
-        return np.where(blown, rows, np.clip(corrected, 0.0, 1.0))
+            up = np.subtract(np.float32(1.0), corrected)
+            np.maximum(up, np.float32(0.0), out=up)
+            up *= white
+            corrected += up
+        np.minimum(corrected, np.float32(1.0), out=corrected)
+        np.maximum(corrected, np.float32(0.0), out=corrected)
+        np.copyto(corrected, rows, where=blown(rows))
+        return corrected
 
 
-def _sum_columns(row: np.ndarray, cells: int, block: int) -> np.ndarray:
-    """(w, C) -> (cells, C): sums over blocks of ``block`` columns (the last one may be short)."""
-    w, c = row.shape
+def blown(rows: np.ndarray, white: float = 1.0) -> np.ndarray:
+    """(n, w, 1) bool: the packed pixels of (n, w, C) rows at ``white`` or above in every
+    channel (as ``np.all(rows >= white, axis=2, keepdims=True)``, several times faster)."""
+    low = rows[..., :1].copy()
+    for c in range(1, rows.shape[-1]):
+        np.minimum(low, rows[..., c : c + 1], out=low)
+    return low >= white
+
+
+def _sum_columns(rows: np.ndarray, cells: int, block: int) -> np.ndarray:
+    """(..., w, C) -> (..., cells, C) float64: sums over blocks of ``block`` columns (the last
+    one may be short)."""
+    *lead, w, c = rows.shape
     if cells * block != w:
-        row = np.pad(row, ((0, cells * block - w), (0, 0)))
-    return row.reshape(cells, block, c).sum(axis=1)
+        pad = [(0, 0)] * len(lead) + [(0, cells * block - w), (0, 0)]
+        rows = np.pad(rows, pad)
+    blocks = rows.reshape(*lead, cells, block, c)
+    # Column by column: numpy's reduction over a short inner axis is several times slower.
+    total = blocks[..., 0, :].astype(np.float64)
+    for j in range(1, block):
+        total += blocks[..., j, :]
+    return total
 
 
 def _box3_columns(a: np.ndarray) -> np.ndarray:
-    """(wb, C): each element summed with its two neighbours (edges repeated)."""
-    p = np.pad(a, ((1, 1), (0, 0)), mode="edge")
-    return p[:-2] + p[1:-1] + p[2:]
+    """(..., wb, C): each element summed with its two neighbours along ``wb`` (edges
+    repeated)."""
+    out = a.copy()
+    out[..., 1:, :] += a[..., :-1, :]
+    out[..., :-1, :] += a[..., 1:, :]
+    out[..., :1, :] += a[..., :1, :]
+    out[..., -1:, :] += a[..., -1:, :]
+    return out
 
 
 def _interp_index(
