@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 import rawpy
 
-from . import __version__, metadata
+from . import __version__, buffers, metadata
 from .calibrate import file_profile_noise
 from .calibration import CheckedNoise, calibration_for, check_estimate
 from .color import Encoding, encoding_for, icc_profile
@@ -26,7 +26,7 @@ from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, ModelError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
-from .mean_correction import SATURATED, CorrectionStream, residual
+from .mean_correction import SATURATED, CorrectionStream, blown, residual
 from .model import Device, ModelCache, Network, choose_file
 from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
 from .noise_estimate import PATCH_EDGE, NoiseEstimate, estimate_noise, noise_vector
@@ -41,13 +41,14 @@ from .render import (
     render,
     render_strips,
 )
-from .staged import Stages, run_staged_stream
-from .tiling import run_tiled_stream, stream_reread_start
+from .staged import PaddedInput, Stages, padded_shape, run_staged_stream
+from .tiling import reflect_index, run_tiled_stream, stream_reread_start
 
 Tiling = Literal["auto", "staged", "tiles"]
-#: Largest memory that ``auto`` lets staged inference hold between its passes (the skip
-#: connections, features and deep answer grow with the frame): 108 bytes a packed pixel for the
-#: bundled networks, so Bayer frames up to about 20 MP and X-Trans up to about 44 MP.
+#: Largest memory that ``auto`` lets staged inference hold between its passes (the input, skip
+#: connections, features and deep answer grow with the frame): 124 bytes a packed pixel for the
+#: bundled Bayer network and 144 for the X-Trans one, so Bayer frames up to about 17 MP and
+#: X-Trans up to about 33 MP.
 STAGED_MAX_HELD = 512 * 2**20
 
 #: Packed rows that :func:`denoise` post-processes and writes back at a time.
@@ -261,22 +262,35 @@ def denoise(
         else None
     )
 
+    # Staged inference reads the whole amplified input, held once, twice and here again.
+    held = (
+        PaddedInput(
+            amplified_planes(raw, padded_shape((h, w), multiple), float(ratio)),
+            (max(lo, -1.0), min(hi, 1.0)),
+        )
+        if stages is not None
+        else None
+    )
+
     def take_slice(row0: int, rows: np.ndarray) -> None:
         index = np.arange(row0, row0 + rows.shape[0])
         y = np.clip(rows, 0.0, 1.0)
-        x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
-        x *= ratio
+        if held is not None:
+            x = held.planes[:, row0 : row0 + rows.shape[0], :w].transpose(1, 2, 0).copy()
+        else:
+            x = _normalise_at(pack_rows(source, layout, index), raw, index, all_cols)
+            x *= ratio
         # Photosites clipped in every channel are blown highlights: make them exactly white so
         # that LibRaw's highlight clipping renders them neutral instead of tinted by the WB.
-        blown = np.all(np.minimum(x, 1.0) >= hi, axis=2, keepdims=True)
+        white = blown(x, hi) if hi <= 1.0 else np.zeros((*x.shape[:2], 1), dtype=bool)
         if correction is None:
-            y[blown[..., 0]] = 1.0
+            y[white[..., 0]] = 1.0
             write_clean(row0, y)
             return
         assert vector is not None
         res = residual(x, y, vector)
-        y[blown[..., 0]] = 1.0
-        correction.push(row0, y, res, (x < SATURATED * ratio) & ~blown, x)
+        y[white[..., 0]] = 1.0
+        correction.push(row0, y, res, (x < SATURATED * ratio) & ~white, x)
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -284,7 +298,7 @@ def denoise(
         # No reflect margin: the whole frame as the validation runs it (and as training's crops
         # end), padded only at the bottom and right to the downsampling factor.
         run_staged_stream(
-            (h, w), network_input, stages, take_rows, tile=tile, out_channels=channels,
+            (h, w), held, stages, take_rows, tile=tile, out_channels=channels,
             multiple=multiple, margin=0, progress=progress,
         )
     else:
@@ -323,7 +337,9 @@ def staged_network(
     stages = network.stages(noise)
     if stages is not None and options.tiling == "auto":
         padded = (shape[0] + 15) * (shape[1] + 15)
-        if stages.held_bytes * padded > STAGED_MAX_HELD:
+        # The stages' own arrays and the whole input, float32 (:func:`amplified_planes`).
+        held = stages.held_bytes + 4 * len(network.card.channels)
+        if held * padded > STAGED_MAX_HELD:
             return None
     return stages
 
@@ -400,6 +416,35 @@ def noise_report(noise: CheckedNoise, raw: RawFile) -> dict[str, Any]:
     if noise.note:
         report["calibration"] = noise.note
     return report
+
+
+#: Packed rows that :func:`amplified_planes` converts at a time.
+_PLANE_ROWS = 64
+
+
+def amplified_planes(raw: RawFile, padded: tuple[int, int], ratio: float) -> np.ndarray:
+    """The whole packed frame as the network reads it, before the input clip, for staged
+    inference (:class:`sidraw.staged.PaddedInput`).
+
+    Args:
+        raw: the open file.
+        padded: (h, w) to pad the packed frame to, by reflection at the bottom and right.
+        ratio: the exposure ratio.
+
+    Returns:
+        (C, h, w) float32, 0 at black and ``ratio`` at white.
+    """
+    layout = raw.info.layout
+    h, w, channels = layout.packed_shape(raw.mosaic.shape)
+    rows, cols = reflect_index(0, padded[0], h, 0), reflect_index(0, padded[1], w, 0)
+    planes = buffers.empty((channels, *padded), np.float32)
+    # In bands of rows: the uint16 and float copies stay small.
+    for start in range(0, padded[0], _PLANE_ROWS):
+        band = rows[start : start + _PLANE_ROWS]
+        values = _normalise_at(pack_rows(raw.mosaic, layout, band), raw, band, cols)
+        np.multiply(values.transpose(2, 0, 1), np.float32(ratio),
+                    out=planes[:, start : start + band.size])
+    return planes
 
 
 def _normalise_at(

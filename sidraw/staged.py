@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from . import buffers
 from .tiling import AxisPlan, ReadFn, WriteFn, plan_axis, reflect_index, run_tiled
 
 #: Largest side, in pixels of the deep stage's input, that it runs in one piece (with the
@@ -89,6 +90,36 @@ class Window:
     hi: int
     read_lo: int
     read_hi: int
+
+
+@dataclass(frozen=True)
+class PaddedInput:
+    """The network input of a whole frame, held: what :func:`run_staged_stream` reads its
+    windows from when the caller has the frame in memory anyway, instead of a :data:`ReadFn`.
+
+    Attributes:
+        planes: (C, padded h, padded w) float32, padded as :func:`plan_stages` pads the frame
+            with ``margin=0`` (:func:`padded_shape`; reflected at the bottom and right, as
+            :func:`sidraw.pipeline.amplified_planes` does); values before the clip.
+        clip: the network reads ``clip(planes, *clip)``.
+    """
+
+    planes: np.ndarray
+    clip: tuple[float, float]
+
+    def window(self, y: Window, x: Window) -> np.ndarray:
+        """(1, C, h, w) float32 contiguous network input of a window's read range."""
+        part = self.planes[:, y.read_lo : y.read_hi, x.read_lo : x.read_hi]
+        out = np.empty((1, *part.shape), dtype=np.float32)
+        np.clip(part, *self.clip, out=out[0])
+        return out
+
+
+def padded_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """(h, w) of an (h, w) frame padded, without a margin, to multiples of ``multiple`` (as
+    :func:`plan_stages` pads it with ``margin=0``)."""
+    h, w = shape
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
 def plan_windows(padded: int, tile: int, context: int, multiple: int) -> list[Window]:
@@ -188,7 +219,7 @@ def plan_stages(
 
 def run_staged_stream(
     shape: tuple[int, int],
-    read: ReadFn,
+    read: ReadFn | PaddedInput,
     stages: Stages,
     write: WriteFn,
     *,
@@ -204,8 +235,9 @@ def run_staged_stream(
 
     Args:
         shape: (h, w) of the image in packed pixels.
-        read: the network input at image indices (see :data:`sidraw.tiling.ReadFn`); each
-            position is read twice, once per full-resolution pass.
+        read: the network input at image indices (see :data:`sidraw.tiling.ReadFn`; each
+            position is read twice, once per full-resolution pass), or the whole input held
+            (:class:`PaddedInput`, padded for ``margin=0``).
         stages: the cut network.
         write: receives finished rows in image order, each only after the last read of it.
         tile: largest side of an encode or decode tile (packed pixels, a multiple of
@@ -221,7 +253,12 @@ def run_staged_stream(
         deep_overlap=stages.deep_overlap, multiple=multiple, margin=margin, deep_tile=deep_tile,
     )
     h, w = shape
-    cols = [reflect_index(x.read_lo, x.read_hi, w, margin) for x in plan.cols]
+    if isinstance(read, PaddedInput):
+        if margin or read.planes.shape[1:] != plan.padded:
+            raise ValueError(f"held input {read.planes.shape[1:]} is not the padded {plan.padded}")
+        load = read.window
+    else:
+        load = _reader(read, shape, margin)
     done = 0
 
     def tick() -> None:
@@ -230,11 +267,27 @@ def run_staged_stream(
         if progress is not None:
             progress(done, plan.steps)
 
-    features, *skips = _encode_pass(read, stages, plan, cols, (h, margin), tick)
+    features, *skips = _encode_pass(load, stages, plan, tick)
     answer = _deep_pass(stages, plan, features, tick)
     del features
-    _decode_pass(read, stages, plan, [answer, *skips], write, cols, (h, w, margin), out_channels,
-                 tick)
+    _decode_pass(load, stages, plan, [answer, *skips], write, (h, w, margin), out_channels, tick)
+
+
+WindowFn = Callable[[Window, Window], np.ndarray]
+"""The (1, C, h, w) float32 network input of a row window and a column window (their read
+ranges, padded coordinates)."""
+
+
+def _reader(read: ReadFn, shape: tuple[int, int], margin: int) -> WindowFn:
+    """A :data:`WindowFn` over a :data:`sidraw.tiling.ReadFn` of an (h, w) image: padded
+    positions reflected into the image."""
+    h, w = shape
+
+    def window(y: Window, x: Window) -> np.ndarray:
+        rows = reflect_index(y.read_lo, y.read_hi, h, margin)
+        return _batch(read(rows, reflect_index(x.read_lo, x.read_hi, w, margin)))
+
+    return window
 
 
 def _deep_pass(
@@ -258,28 +311,22 @@ def _deep_pass(
 
 
 def _encode_pass(
-    read: ReadFn,
-    stages: Stages,
-    plan: StagePlan,
-    cols: list[np.ndarray],
-    rows_of: tuple[int, int],
-    tick: Callable[[], None],
+    load: WindowFn, stages: Stages, plan: StagePlan, tick: Callable[[], None]
 ) -> list[np.ndarray]:
     """The features of the whole padded frame, (F, padded h / s, padded w / s) float32, then its
     skip connections, (S_k, padded h / 2**k, padded w / 2**k) for k < L in the dtype the encode
-    stage gives them (``rows_of``: the image height and margin). All held (C, h, w), as the
-    stages give and take them, so that storing and reading a window needs no transposing copy."""
-    h, margin = rows_of
+    stage gives them. All held (C, h, w), as the stages give and take them, so that storing and
+    reading a window needs no transposing copy."""
     held: list[np.ndarray] = []
     last_window = (len(plan.rows) - 1, len(plan.cols) - 1)
     for ky, y in enumerate(plan.rows):
-        rows = reflect_index(y.read_lo, y.read_hi, h, margin)
         for kx, x in enumerate(plan.cols):
-            outs = stages.encode(_batch(read(rows, cols[kx])), last=(ky, kx) == last_window)
+            outs = stages.encode(load(y, x), last=(ky, kx) == last_window)
             scales = [stages.scale] + [2**k for k in range(len(outs) - 1)]
             if not held:
                 held = [
-                    np.empty((out.shape[1], plan.padded[0] // f, plan.padded[1] // f), out.dtype)
+                    buffers.empty((out.shape[1], plan.padded[0] // f, plan.padded[1] // f),
+                                  out.dtype)
                     for out, f in zip(outs, scales, strict=True)
                 ]
             for out, f, into in zip(outs, scales, held, strict=True):
@@ -292,12 +339,11 @@ def _encode_pass(
 
 
 def _decode_pass(
-    read: ReadFn,
+    load: WindowFn,
     stages: Stages,
     plan: StagePlan,
     held: list[np.ndarray],
     write: WriteFn,
-    cols: list[np.ndarray],
     frame: tuple[int, int, int],
     out_channels: int,
     tick: Callable[[], None],
@@ -319,8 +365,7 @@ def _decode_pass(
 
     last_window = (len(plan.rows) - 1, len(plan.cols) - 1)
     for ky, y in enumerate(plan.rows):
-        rows = reflect_index(y.read_lo, y.read_hi, h, margin)
-        band = np.empty((y.hi - y.lo, w, out_channels), dtype=np.float32)
+        band = buffers.empty((y.hi - y.lo, w, out_channels), np.float32)
         for kx, x in enumerate(plan.cols):
             parts = [
                 np.ascontiguousarray(
@@ -328,9 +373,7 @@ def _decode_pass(
                 )[None]
                 for a, f in zip(held, scales, strict=True)
             ]
-            out = stages.decode(
-                _batch(read(rows, cols[kx])), *parts, last=(ky, kx) == last_window
-            )[0]
+            out = stages.decode(load(y, x), *parts, last=(ky, kx) == last_window)[0]
             if out.shape[0] != out_channels:
                 raise ValueError(f"network returned {out.shape[0]} channels, not {out_channels}")
             # The part of this tile's core inside the image (not the reflect padding).

@@ -19,13 +19,15 @@ from sidraw.pipeline import ConvertOptions, denoise
 from sidraw.raw import open_raw
 from sidraw.staged import (
     CONTEXT_TOLERANCE,
+    PaddedInput,
     Stages,
     measure_context,
+    padded_shape,
     plan_windows,
     run_staged,
     run_staged_stream,
 )
-from sidraw.tiling import measure_overlap, run_whole
+from sidraw.tiling import measure_overlap, reflect_index, run_whole
 from sidraw.unet_split import split_unet
 
 NOISE = np.array([[0.02, 1e-4]], np.float32)
@@ -181,6 +183,32 @@ def test_stream_writes_each_row_once_in_order_after_its_last_read(
     np.testing.assert_allclose(out, whole, atol=CONTEXT_TOLERANCE * np.abs(whole).max())
 
 
+def test_a_held_input_gives_what_reading_gives(staged_models: Path) -> None:
+    stages = _network(staged_models).stages(NOISE)
+    assert stages is not None
+    shape = (150, 170)
+    image = _image(shape, seed=3) * 3  # beyond the clip in places: the held input is unclipped
+    padded = padded_shape(shape, 16)
+    assert padded == (160, 176)
+    rows, cols = reflect_index(0, padded[0], shape[0], 0), reflect_index(0, padded[1], shape[1], 0)
+    held = PaddedInput(np.ascontiguousarray(image[np.ix_(rows, cols)].transpose(2, 0, 1)), (-1, 1))
+    clipped = np.clip(image, -1, 1)
+    want = run_staged(clipped, stages, tile=64, margin=0)
+    got = np.full_like(want, np.nan)
+
+    def write(row0: int, rows: np.ndarray) -> None:
+        got[row0 : row0 + rows.shape[0]] = rows
+
+    run_staged_stream(shape, held, stages, write, tile=64, out_channels=4, margin=0)
+    np.testing.assert_array_equal(got, want)
+    # A held input must be padded as the plan pads the frame, and it has no margin to give.
+    short = PaddedInput(held.planes[:, :150], (-1, 1))
+    with pytest.raises(ValueError, match="padded"):
+        run_staged_stream(shape, short, stages, write, tile=64, out_channels=4, margin=0)
+    with pytest.raises(ValueError, match="padded"):
+        run_staged_stream(shape, held, stages, write, tile=64, out_channels=4, margin=16)
+
+
 def test_staged_stream_reports_progress_over_its_three_passes(staged_models: Path) -> None:
     stages = _network(staged_models).stages(NOISE)
     assert stages is not None
@@ -234,11 +262,12 @@ def test_denoise_staged_in_place_equals_the_whole_frame(
     # A frame whose stages would hold more than the limit runs in overlapping tiles.
     stages = net.stages(NOISE)
     assert stages is not None and stages.held_bytes > 0
-    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 350 * 450))
+    per_pixel = stages.held_bytes + 4 * 4  # and the whole float32 input, 4 packed channels
+    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(per_pixel * 350 * 450))
     with open_raw(src) as raw:
         denoise(raw, net, staged_opts)
     assert calls == ["staged"] * 3
-    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(stages.held_bytes * 370 * 470))
+    monkeypatch.setattr(pipeline_mod, "STAGED_MAX_HELD", int(per_pixel * 370 * 470))
     with open_raw(src) as raw:
         denoise(raw, net, staged_opts)
     assert calls == ["staged"] * 4
