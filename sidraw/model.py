@@ -155,13 +155,13 @@ def load_card(card_path: str | os.PathLike[str]) -> ModelCard:
     if card.staged_level and (
         scale >= card.downsample
         or card.staged_context < 0
-        or card.staged_context % card.downsample
+        or card.staged_context % scale
         or card.staged_tile < 0
         or card.staged_tile % card.downsample
     ):
         raise ModelError(
-            "model card staged level must be below log2(downsample), its context and tile "
-            "multiples of downsample",
+            "model card staged level must be below log2(downsample), its context a multiple "
+            "of 2**level and its tile of downsample",
             path,
         )
     return card

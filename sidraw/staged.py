@@ -122,11 +122,20 @@ def padded_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
     return -(-h // multiple) * multiple, -(-w // multiple) * multiple
 
 
-def plan_windows(padded: int, tile: int, context: int, multiple: int) -> list[Window]:
+def plan_windows(
+    padded: int, tile: int, context: int, multiple: int, scale: int | None = None
+) -> list[Window]:
     """Cut a padded axis (a multiple of ``multiple`` long) into about equal parts of at most
-    ``tile`` pixels, aligned to ``multiple``, each read with ``context`` on both sides."""
-    if padded % multiple or context % multiple or tile < multiple:
-        raise ValueError(f"axis {padded}, context {context} and tile {tile} need {multiple}s")
+    ``tile`` pixels, aligned to ``multiple``, each read with ``context`` on both sides.
+
+    ``context`` must be a multiple of ``scale`` (default ``multiple``): the stages' own
+    downsampling, which the read ranges must keep aligned to (a window's features and skip
+    connections start at whole pixels of their levels), not the whole network's."""
+    scale = multiple if scale is None else scale
+    if padded % multiple or context % scale or multiple % scale or tile < multiple:
+        raise ValueError(
+            f"axis {padded} and tile {tile} need {multiple}s, context {context} {scale}s"
+        )
     n = -(-padded // tile)
     cuts = sorted({min(padded, -(-(i * padded) // (n * multiple)) * multiple) for i in range(n)})
     bounds = [*cuts, padded]
@@ -208,8 +217,8 @@ def plan_stages(
     )
     return StagePlan(
         padded=(py.padded, px.padded),
-        rows=plan_windows(py.padded, tile, context, multiple),
-        cols=plan_windows(px.padded, tile, context, multiple),
+        rows=plan_windows(py.padded, tile, context, multiple, scale),
+        cols=plan_windows(px.padded, tile, context, multiple, scale),
         deep_tile=deep_tile,
         deep_multiple=deep_multiple,
         deep_rows=dy,
@@ -431,7 +440,7 @@ def measure_context(
     multiple: int = 16,
     largest: int = 128,
 ) -> int:
-    """Smallest context (a multiple of ``multiple``) at which staged inference with small tiles
+    """Smallest context (a multiple of ``stages.scale``) at which staged inference with small tiles
     reproduces the network on the whole frame (``whole``: (1, C, h, w) -> (1, C, h, w)) within
     :data:`CONTEXT_TOLERANCE` on ``image`` (h, w, C), the deep stage in one piece (``stages``
     with float32 skip connections, or the rounding to float16 exceeds the tolerance).
@@ -447,7 +456,7 @@ def measure_context(
     scale = max(float(np.abs(reference).max()), 1e-12)
     deep_tile = max(image.shape[:2]) + 2 * DEFAULT_MARGIN + multiple
     error = float("inf")
-    for context in range(multiple, largest + 1, multiple):
+    for context in range(stages.scale, largest + 1, stages.scale):
         staged = run_staged(
             image, replace(stages, context=context), tile=CONTEXT_TILE, multiple=multiple,
             deep_tile=deep_tile,

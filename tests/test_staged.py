@@ -110,7 +110,7 @@ def test_split_refuses_graphs_that_are_not_unets() -> None:
 def test_staged_equals_the_whole_frame_and_needs_its_context(staged_models: Path) -> None:
     network = _network(staged_models)
     stages = network.stages(NOISE, half_skips=False)
-    assert stages is not None and stages.context >= 16
+    assert stages is not None and stages.context >= stages.scale
     image = _image((203, 251), seed=4)  # another input, size and tile than it was measured on
     whole = run_whole(image, lambda b: network(b, noise=NOISE), margin=48)
     peak = np.abs(whole).max()
@@ -119,6 +119,10 @@ def test_staged_equals_the_whole_frame_and_needs_its_context(staged_models: Path
     # Without context the tiles' borders show: the check can fail.
     cut_short = run_staged(image, dataclasses.replace(stages, context=0), tile=96, margin=48)
     assert np.abs(cut_short - whole).max() > 1e-3 * peak
+    # The measured context is the smallest: one step of the stages' grid less is not enough.
+    less = dataclasses.replace(stages, context=stages.context - stages.scale)
+    short = run_staged(image, less, tile=96, margin=48)
+    assert np.abs(short - whole).max() > CONTEXT_TOLERANCE * peak
     # Skip connections held as float16 (as convert holds them): off by their rounding only.
     half = network.stages(NOISE)
     assert half is not None
@@ -142,14 +146,18 @@ def test_deep_stage_in_tiles_stays_within_the_tiling_tolerance(staged_models: Pa
     assert np.abs(seams - whole).max() > 1e-3 * np.abs(whole).max()
 
 
-@pytest.mark.parametrize("padded,tile,context", [(16, 64, 16), (1600, 512, 16), (2320, 960, 32)])
+@pytest.mark.parametrize(
+    "padded,tile,context", [(16, 64, 16), (1600, 512, 16), (2320, 960, 32), (1424, 512, 8)]
+)
 def test_windows_cover_the_axis_once_with_their_context(padded, tile, context) -> None:
-    windows = plan_windows(padded, tile, context, 16)
+    windows = plan_windows(padded, tile, context, 16, 4)
     assert windows[0].lo == 0 and windows[-1].hi == padded
     for a, b in pairwise(windows):
         assert a.hi == b.lo and a.lo % 16 == 0 and a.hi - a.lo <= tile + 16
     for w in windows:
         assert w.read_lo == max(0, w.lo - context) and w.read_hi == min(padded, w.hi + context)
+    with pytest.raises(ValueError, match="context"):
+        plan_windows(padded, tile, context + 2, 16, 4)  # read ranges off the stages' grid
 
 
 @pytest.mark.parametrize("shape", [(1, 40), (37, 500), (300, 90), (250, 260)])
@@ -219,8 +227,8 @@ def test_staged_stream_reports_progress_over_its_three_passes(staged_models: Pat
     )
     total = seen[-1][1]
     assert [d for d, _ in seen] == list(range(1, total + 1))
-    assert total == 2 * len(plan_windows(176, 64, stages.context, 16)) * len(
-        plan_windows(208, 64, stages.context, 16)
+    assert total == 2 * len(plan_windows(176, 64, stages.context, 16, 4)) * len(
+        plan_windows(208, 64, stages.context, 16, 4)
     ) + 1
 
 
@@ -276,7 +284,8 @@ def test_denoise_staged_in_place_equals_the_whole_frame(
 def test_cards_with_impossible_stages_are_refused(tmp_path: Path) -> None:
     path = write_model(tmp_path, "bayer", noise_map=True)
     data = json.loads(path.read_text())
-    for staged in ({"level": 4, "context": 16}, {"level": 2, "context": 8}):
+    impossible = ({"level": 4, "context": 16}, {"level": 2, "context": 6}, {"level": 2, "tile": 40})
+    for staged in impossible:
         data["staged"] = staged
         path.write_text(json.dumps(data))
         with pytest.raises(ModelError, match="staged"):

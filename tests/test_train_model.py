@@ -278,10 +278,11 @@ def test_exported_network_records_its_staged_context(tmp_path: Path) -> None:
 
     _exported_noise_model(tmp_path, "st", seed=3)
     staged = stage_card(tmp_path / "st.json")
-    assert staged["level"] == 2 and staged["context"] == 16  # the reach of two levels
+    # The reach of two levels of 3x3 convolutions (2 + 4 pixels), on the stages' grid of 4.
+    assert staged["level"] == 2 and staged["context"] == 8
     assert "Staged inference" in (tmp_path / "st.md").read_text()
     card = load_card(tmp_path / "st.json")
-    assert (card.staged_level, card.staged_context) == (2, 16)
+    assert (card.staged_level, card.staged_context) == (2, 8)
     noise = np.array([[0.05, 1e-3]], np.float32)
     net = Network(card, "cpu", threads=1)
     stages = net.stages(noise)
