@@ -78,15 +78,18 @@ def residual(
     Returns:
         (n, w, C) float32.
     """
-    # In place: this runs on every row of a frame.
-    limit = expected_variance(output, noise)
-    np.sqrt(limit, out=limit)
-    limit *= np.float32(CLIP_SIGMAS)
-    d = np.subtract(amplified, output, dtype=np.float32)
-    np.minimum(d, limit, out=d)
+    sd = expected_variance(output, noise)
+    np.sqrt(sd, out=sd)
+    return _within(np.subtract(amplified, output, dtype=np.float32), sd, CLIP_SIGMAS)
+
+
+def _within(d: np.ndarray, sd: np.ndarray, sigmas: float) -> np.ndarray:
+    """A new (n, w, C) float32 array: ``d`` limited to ``sigmas`` times ``sd`` either way."""
+    limit = sd * np.float32(sigmas)
+    out = np.minimum(d, limit)
     np.negative(limit, out=limit)
-    np.maximum(d, limit, out=d)
-    return d
+    np.maximum(out, limit, out=out)
+    return out
 
 
 #: Rows of :attr:`BlockMeans.totals`: per block, the sums over its valid photosites of the
@@ -220,27 +223,27 @@ class CorrectionStream:
         self,
         row0: int,
         output: np.ndarray,
-        res: np.ndarray,
+        res: np.ndarray | None,
         valid: np.ndarray,
         amplified: np.ndarray | None = None,
     ) -> None:
-        """Rows ``row0 ..`` of the (clipped, 0..1) output, their :func:`residual` and validity,
-        and for the guard the amplified input itself: residuals limited at ``ENERGY_SIGMAS``
-        measure each block's energy (a hot pixel cannot sway it), whole ones go back."""
+        """Rows ``row0 ..`` of the (clipped, 0..1) output, their :func:`residual` (None: made
+        here from ``amplified``, sharing its noise scale with the guard's) and validity, and for
+        the guard the amplified input itself: residuals limited at ``ENERGY_SIGMAS`` measure
+        each block's energy (a hot pixel cannot sway it), whole ones go back."""
         if row0 != self.seen:
             raise ValueError(f"rows must come in order: expected {self.seen}, got {row0}")
         mask = valid.astype(np.float32)
-        if self.guard > 0:
+        if res is None or self.guard > 0:
             if self.noise is None or amplified is None:
-                raise ValueError("the guard needs the noise input and the amplified input")
+                raise ValueError("the guard and the residual need the noise and amplified input")
             whole = np.subtract(amplified, output, dtype=np.float32)
-            limit = expected_variance(output, self.noise)
-            np.sqrt(limit, out=limit)
-            limit *= np.float32(ENERGY_SIGMAS)
-            wide = np.minimum(whole, limit)
-            np.negative(limit, out=limit)
-            np.maximum(wide, limit, out=wide)
-            self.means.add(row0, res, mask, output, wide)
+            sd = expected_variance(output, self.noise)
+            np.sqrt(sd, out=sd)
+            if res is None:
+                res = _within(whole, sd, CLIP_SIGMAS)
+        if self.guard > 0:
+            self.means.add(row0, res, mask, output, _within(whole, sd, ENERGY_SIGMAS))
             held = [output, whole, mask]
         else:
             self.means.add(row0, res, mask, output if self.noise is not None else None)

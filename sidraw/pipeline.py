@@ -26,7 +26,7 @@ from .dng import DngMetadata, write_dng
 from .embed import Embedded, into_tiff
 from .errors import CorruptFileError, MetadataError, ModelError, OutputError
 from .exposure import DEFAULT_MAX_RATIO, RatioDecision, choose_ratio
-from .mean_correction import SATURATED, CorrectionStream, blown, residual
+from .mean_correction import SATURATED, CorrectionStream, blown
 from .model import Device, ModelCache, Network, choose_file
 from .mosaic import denormalise_packed, pack_rows, unpack_rows_into
 from .noise_estimate import PATCH_EDGE, NoiseEstimate, estimate_noise, noise_vector
@@ -287,10 +287,9 @@ def denoise(
             y[white[..., 0]] = 1.0
             write_clean(row0, y)
             return
-        assert vector is not None
-        res = residual(x, y, vector)
         y[white[..., 0]] = 1.0
-        correction.push(row0, y, res, (x < SATURATED * ratio) & ~white, x)
+        # The residual is made there, from the same noise scale as the guard's.
+        correction.push(row0, y, None, (x < SATURATED * ratio) & ~white, x)
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
