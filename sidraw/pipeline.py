@@ -10,6 +10,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +266,7 @@ def denoise(
     # Staged inference reads the whole amplified input, held once, twice and here again.
     held = (
         PaddedInput(
-            amplified_planes(raw, padded_shape((h, w), multiple), float(ratio)),
+            amplified_planes(raw, padded_shape((h, w), multiple), float(ratio), network.threads),
             (max(lo, -1.0), min(hi, 1.0)),
         )
         if stages is not None
@@ -421,7 +422,9 @@ def noise_report(noise: CheckedNoise, raw: RawFile) -> dict[str, Any]:
 _PLANE_ROWS = 64
 
 
-def amplified_planes(raw: RawFile, padded: tuple[int, int], ratio: float) -> np.ndarray:
+def amplified_planes(
+    raw: RawFile, padded: tuple[int, int], ratio: float, threads: int = 1
+) -> np.ndarray:
     """The whole packed frame as the network reads it, before the input clip, for staged
     inference (:class:`sidraw.staged.PaddedInput`).
 
@@ -429,6 +432,7 @@ def amplified_planes(raw: RawFile, padded: tuple[int, int], ratio: float) -> np.
         raw: the open file.
         padded: (h, w) to pad the packed frame to, by reflection at the bottom and right.
         ratio: the exposure ratio.
+        threads: bands of rows converted at once (numpy releases the GIL while it copies).
 
     Returns:
         (C, h, w) float32, 0 at black and ``ratio`` at white.
@@ -437,12 +441,21 @@ def amplified_planes(raw: RawFile, padded: tuple[int, int], ratio: float) -> np.
     h, w, channels = layout.packed_shape(raw.mosaic.shape)
     rows, cols = reflect_index(0, padded[0], h, 0), reflect_index(0, padded[1], w, 0)
     planes = buffers.empty((channels, *padded), np.float32)
+
     # In bands of rows: the uint16 and float copies stay small.
-    for start in range(0, padded[0], _PLANE_ROWS):
+    def convert(start: int) -> None:
         band = rows[start : start + _PLANE_ROWS]
         values = _normalise_at(pack_rows(raw.mosaic, layout, band), raw, band, cols)
         np.multiply(values.transpose(2, 0, 1), np.float32(ratio),
                     out=planes[:, start : start + band.size])
+
+    starts = range(0, padded[0], _PLANE_ROWS)
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(convert, starts))
+    else:
+        for start in starts:
+            convert(start)
     return planes
 
 

@@ -217,6 +217,26 @@ def test_a_held_input_gives_what_reading_gives(staged_models: Path) -> None:
         run_staged_stream(shape, held, stages, write, tile=64, out_channels=4, margin=16)
 
 
+@pytest.mark.parametrize("pattern", ["GBRG", "XTRANS"])
+def test_amplified_planes_are_the_padded_network_input(make_dng, pattern: str) -> None:
+    from sidraw.mosaic import normalise_packed, pack
+    from sidraw.pipeline import amplified_planes
+
+    src = make_dng(f"{pattern}.dng", pattern=pattern, width=606, height=402)
+    with open_raw(src) as raw:
+        info = raw.info
+        black = np.asarray(info.black, dtype=np.float32)
+        packed = normalise_packed(pack(raw.mosaic, info.layout), info.layout, black, info.white)
+        h, w, _ = packed.shape
+        padded = padded_shape((h, w), 16)
+        assert padded[0] > h and padded[1] > w  # the reflected bottom and right are checked
+        rows, cols = reflect_index(0, padded[0], h, 0), reflect_index(0, padded[1], w, 0)
+        want = (packed[np.ix_(rows, cols)] * np.float32(37)).transpose(2, 0, 1)
+        for threads in (1, 2):
+            got = amplified_planes(raw, padded, 37.0, threads)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_staged_stream_reports_progress_over_its_three_passes(staged_models: Path) -> None:
     stages = _network(staged_models).stages(NOISE)
     assert stages is not None
