@@ -28,19 +28,6 @@ def _emit(report: dict[str, Any]) -> None:
     print(json.dumps(report), flush=True)
 
 
-def _session_options(threads: int) -> Any:
-    """onnxruntime settings exactly as :class:`sidraw.model.Network` makes them."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return opts
-
-
 def _status_mb(key: str) -> float:
     """A memory figure of this process from /proc/self/status (``VmRSS``, ``VmHWM``) in MB."""
     try:
@@ -256,7 +243,7 @@ def cmd_conv(args: argparse.Namespace) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from sidraw.model import physical_cores
+    from sidraw.model import physical_cores, session_options
 
     threads = args.threads or physical_cores()
     c, s = args.channels, args.size
@@ -281,7 +268,7 @@ def cmd_conv(args: argparse.Namespace) -> None:
 
         data = to_float16(data)
     session = ort.InferenceSession(
-        data, sess_options=_session_options(threads), providers=_providers(args.device)
+        data, sess_options=session_options(threads), providers=_providers(args.device)
     )
     session.run(["y"], {"x": x})
     times = []

@@ -334,7 +334,7 @@ class Network:
             raise ModelError(
                 f"sha256 mismatch: card says {sha[:16]}…, file is {actual[:16]}…", path
             )
-        opts = _session_options(threads or physical_cores())
+        opts = session_options(threads or physical_cores())
         model: str | bytes = str(path)
         if self.precision == "fp16":
             model = _float16_model(path)
@@ -475,7 +475,7 @@ class Network:
             )
             options = self._options
             if self.device == "cpu":
-                options = _session_options(self.threads, shared_arena=True)
+                options = session_options(self.threads, shared_arena=True)
             sessions = [
                 ort.InferenceSession(part, sess_options=options, providers=list(self.providers))
                 for part in (cut.encode, cut.deep, cut.decode)
@@ -494,8 +494,9 @@ class Network:
         return self(batch, noise=noise, release_memory=True)
 
 
-def _session_options(threads: int, shared_arena: bool = False) -> Any:
-    """sidraw's onnxruntime session settings; with ``shared_arena``, the session allocates from
+def session_options(threads: int, shared_arena: bool = False) -> Any:
+    """sidraw's onnxruntime session settings (also what the benchmark's own sessions use); with
+    ``shared_arena``, the session allocates from
     the CPU memory arena that :func:`_register_shared_arena` puts in onnxruntime's environment
     (one per process, for all such sessions)."""
     import onnxruntime as ort
