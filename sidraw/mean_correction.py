@@ -38,6 +38,7 @@ white``, amplified by the ratio.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,6 +200,10 @@ class CorrectionStream:
     ``emit(row0, rows)`` receives corrected (n, w, C) float32 rows in order. With a ``guard``
     (above 0) and the model's ``noise`` input, blocks whose residual holds more than ``guard``
     times the expected noise variance get the excess back (module docstring).
+
+    With an ``apply_in`` executor of one worker, corrections are applied and emitted there, in
+    order, while the caller pushes the next rows (numpy releases the GIL); :meth:`wait` waits
+    for them (and raises what they raised), as :meth:`close` does.
     """
 
     def __init__(
@@ -208,6 +213,7 @@ class CorrectionStream:
         emit: Callable[[int, np.ndarray], None],
         noise: np.ndarray | None = None,
         guard: float = 0.0,
+        apply_in: Executor | None = None,
     ) -> None:
         if guard > 0 and noise is None:
             raise ValueError("the guard needs the noise input and the amplified input")
@@ -218,6 +224,8 @@ class CorrectionStream:
         self.seen = 0
         self.done = 0
         self.cache: dict[int, np.ndarray] = {}
+        self.apply_in = apply_in
+        self.applying: list[Future[None]] = []
 
     def push(
         self,
@@ -257,6 +265,12 @@ class CorrectionStream:
         if self.seen != self.means.shape[0]:
             raise ValueError(f"{self.seen} of {self.means.shape[0]} rows pushed")
         self._release(self.seen)
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait until every released row has been emitted (with an ``apply_in`` executor)."""
+        while self.applying:
+            self.applying.pop(0).result()
 
     def _ready(self) -> int:
         """Rows ``< r`` whose correction no row still to come can change."""
@@ -279,8 +293,16 @@ class CorrectionStream:
                 held = [a[:n] for a in held]
             else:
                 self.pending.pop(0)
-            self.emit(row0, self._apply(row0, held))
+            if self.apply_in is None:
+                self._emit(row0, held)
+            else:
+                # Only the worker reads the grid cache; the block rows these rows need are
+                # complete, and later pushes add to other block rows only.
+                self.applying.append(self.apply_in.submit(self._emit, row0, held))
             self.done = row0 + n
+
+    def _emit(self, row0: int, held: list[np.ndarray]) -> None:
+        self.emit(row0, self._apply(row0, held))
 
     def _grid(self, k: int) -> np.ndarray:
         if k not in self.cache:

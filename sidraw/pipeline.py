@@ -247,6 +247,8 @@ def denoise(
         # A few rows at a time, so that the temporaries stay small however wide the image is.
         for r in range(0, rows.shape[0], TAKE_ROWS):
             take_slice(row0 + r, rows[r : r + TAKE_ROWS])
+        if correction is not None:
+            correction.wait()  # before the network runs again: never beside it
 
     def write_clean(row0: int, y: np.ndarray) -> None:
         clean = denormalise_packed(y, layout, black, info.white, origin=(row0, 0))
@@ -257,8 +259,13 @@ def denoise(
             kept.append((row0 + now, clean[now:]))
 
     block = network.card.mean_block
+    # Staged, with two or more threads, corrections are applied and written on a second thread
+    # while the next rows are pushed (take_rows waits for it: the network's idle threads sleep).
+    second = (
+        ThreadPoolExecutor(1) if block and stages is not None and network.threads > 1 else None
+    )
     correction = (
-        CorrectionStream((h, w, channels), block, write_clean, vector, network.card.guard)
+        CorrectionStream((h, w, channels), block, write_clean, vector, network.card.guard, second)
         if block
         else None
     )
@@ -294,28 +301,24 @@ def denoise(
 
     t["pack"] = time.perf_counter() - start
     start = time.perf_counter()
-    if stages is not None:
-        # No reflect margin: the whole frame as the validation runs it (and as training's crops
-        # end), padded only at the bottom and right to the downsampling factor.
-        run_staged_stream(
-            (h, w), held, stages, take_rows, tile=tile, out_channels=channels,
-            multiple=multiple, margin=0, progress=progress,
-        )
-    else:
-        run_tiled_stream(
-            (h, w),
-            network_input,
-            run,
-            take_rows,
-            tile=tile,
-            overlap=overlap,
-            multiple=multiple,
-            out_channels=channels,
-            progress=progress,
-            last_fn=run_last,
-        )
-    if correction is not None:
-        correction.close()
+    try:
+        if stages is not None:
+            # No reflect margin: the whole frame as the validation runs it (and as training's
+            # crops end), padded only at the bottom and right to the downsampling factor.
+            run_staged_stream(
+                (h, w), held, stages, take_rows, tile=tile, out_channels=channels,
+                multiple=multiple, margin=0, progress=progress,
+            )
+        else:
+            run_tiled_stream(
+                (h, w), network_input, run, take_rows, tile=tile, overlap=overlap,
+                multiple=multiple, out_channels=channels, progress=progress, last_fn=run_last,
+            )
+        if correction is not None:
+            correction.close()
+    finally:
+        if second is not None:
+            second.shutdown(cancel_futures=True)
     for row0, clean in kept:
         unpack_rows_into(target, clean, layout, row0)
     band.clear()

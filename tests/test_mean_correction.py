@@ -331,3 +331,39 @@ def test_blown_is_white_in_every_channel(channels: int) -> None:
     assert want.any() and not want.all()
     np.testing.assert_array_equal(blown(rows), want)
     np.testing.assert_array_equal(blown(rows, 0.98), np.all(rows >= 0.98, axis=2, keepdims=True))
+
+
+def test_corrections_applied_on_a_second_thread_are_the_same_and_in_order() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    clean = rng.uniform(0.1, 0.9, (13, 11, 4)).repeat(8, 0).repeat(8, 1)[:101, :83]
+    clean = clean.astype(np.float32)
+    noisy = _noisy(clean, seed=8)
+    out = np.clip(clean * 0.9, 0, 1).astype(np.float32)
+    valid = noisy < 0.98
+
+    def run(pool: ThreadPoolExecutor | None, fail_at: int = -1) -> list[tuple[int, np.ndarray]]:
+        got: list[tuple[int, np.ndarray]] = []
+
+        def emit(r0: int, rows: np.ndarray) -> None:
+            if r0 >= fail_at >= 0:
+                raise OSError("disk full")
+            got.append((r0, rows.copy()))
+
+        stream = CorrectionStream(out.shape, 8, emit, NOISE, 1.5, pool)
+        row = 0
+        for n in (5, 17, 32, 9, 30, 8):
+            stream.push(row, out[row : row + n], None, valid[row : row + n], noisy[row : row + n])
+            row += n
+        stream.close()
+        return got
+
+    want = run(None)
+    with ThreadPoolExecutor(1) as pool:
+        got = run(pool)
+        assert [r0 for r0, _ in got] == [r0 for r0, _ in want]
+        for (_, a), (_, b) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(OSError, match="disk full"):
+            run(pool, fail_at=40)
