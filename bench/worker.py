@@ -177,7 +177,7 @@ def cmd_staged_network(args: argparse.Namespace) -> None:
     (:class:`sidraw.staged.PaddedInput`), after a warm-up on a 256 x 256 crop (sessions made,
     kernels' weights packed). For models whose card has a ``staged`` entry."""
     from sidraw.model import Network, card_for
-    from sidraw.staged import run_staged, run_staged_stream
+    from sidraw.staged import PaddedInput, run_staged, run_staged_stream
 
     card = card_for(args.cfa, args.model or None)
     network = Network(card, args.device, args.threads, args.precision)
@@ -187,7 +187,7 @@ def cmd_staged_network(args: argparse.Namespace) -> None:
         raise SystemExit(f"{card.name} does not run staged")
     tile = args.tile or card.staged_tile or card.tile
     run_staged(np.ascontiguousarray(x[:256, :256]), stages, tile=tile, margin=0)
-    held = _held_input(x, card.downsample)
+    held = PaddedInput.of_image(x, card.downsample)  # x is clipped already
     out = np.empty_like(x)
 
     def write(row0: int, rows: np.ndarray) -> None:
@@ -210,19 +210,6 @@ def cmd_staged_network(args: argparse.Namespace) -> None:
             "providers": list(network.providers),
         }
     )
-
-
-def _held_input(x: np.ndarray, multiple: int) -> Any:
-    """The (h, w, C) network input as convert holds it for staged inference: (C, h, w),
-    reflected at the bottom and right to multiples of ``multiple`` (not timed)."""
-    from sidraw.staged import PaddedInput, padded_shape
-    from sidraw.tiling import reflect_index
-
-    h, w, _ = x.shape
-    ph, pw = padded_shape((h, w), multiple)
-    rows, cols = reflect_index(0, ph, h, 0), reflect_index(0, pw, w, 0)
-    planes = np.ascontiguousarray(x[np.ix_(rows, cols)].transpose(2, 0, 1))
-    return PaddedInput(planes, (-1.0, 1.0))  # x is clipped already
 
 
 def _quantized(model_bytes: bytes, x: np.ndarray) -> bytes:

@@ -37,6 +37,7 @@ white``, amplified by the ratio.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -188,8 +189,13 @@ class BlockMeans:
             width = WHITE_SIGMAS * np.sqrt((a * np.maximum(level, 0.0) + b) / n)
             share = np.clip((level - 1.0) / width + 1.0, 0.0, 1.0)
             grids[2] = np.where(counts > 0, share, 0.0)
-        x0, x1, fx = _interp_index(np.arange(self.shape[1]), self.block, mean.shape[0])
+        x0, x1, fx = self._columns
         return grids[:, x0] * (1 - fx)[:, None] + grids[:, x1] * fx[:, None]
+
+    @functools.cached_property
+    def _columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`_interp_index` of every column (the same for every block row)."""
+        return _interp_index(np.arange(self.shape[1]), self.block, self.totals.shape[2])
 
 
 class CorrectionStream:

@@ -339,10 +339,10 @@ def staged_network(
         return None
     stages = network.stages(noise)
     if stages is not None and options.tiling == "auto":
-        padded = (shape[0] + 15) * (shape[1] + 15)
+        ph, pw = padded_shape(shape, network.card.downsample)
         # The stages' own arrays and the whole input, float32 (:func:`amplified_planes`).
         held = stages.held_bytes + 4 * len(network.card.channels)
-        if held * padded > STAGED_MAX_HELD:
+        if held * ph * pw > STAGED_MAX_HELD:
             return None
     return stages
 

@@ -107,6 +107,17 @@ class PaddedInput:
     planes: np.ndarray
     clip: tuple[float, float]
 
+    @classmethod
+    def of_image(
+        cls, image: np.ndarray, multiple: int, clip: tuple[float, float] = (-1.0, 1.0)
+    ) -> PaddedInput:
+        """The held input of an in-memory (h, w, C) float32 image, padded to multiples of
+        ``multiple`` by reflection at the bottom and right."""
+        h, w, _ = image.shape
+        ph, pw = padded_shape((h, w), multiple)
+        rows, cols = reflect_index(0, ph, h, 0), reflect_index(0, pw, w, 0)
+        return cls(np.ascontiguousarray(image[np.ix_(rows, cols)].transpose(2, 0, 1)), clip)
+
     def window(self, y: Window, x: Window) -> np.ndarray:
         """(1, C, h, w) float32 contiguous network input of a window's read range."""
         part = self.planes[:, y.read_lo : y.read_hi, x.read_lo : x.read_hi]
@@ -118,8 +129,8 @@ class PaddedInput:
 def padded_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:
     """(h, w) of an (h, w) frame padded, without a margin, to multiples of ``multiple`` (as
     :func:`plan_stages` pads it with ``margin=0``)."""
-    h, w = shape
-    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    h, w = (plan_axis(n, 1 << 30, 0, multiple, 0).padded for n in shape)
+    return h, w
 
 
 def plan_windows(
