@@ -33,6 +33,9 @@ def train_command(
         "runs/bayer"
     ),
     width: Annotated[int, typer.Option(help="Channels of the first U-Net level.")] = 24,
+    first_width: Annotated[
+        int, typer.Option(help="Channels of the full-resolution level, if not --width.")
+    ] = 0,
     max_mult: Annotated[
         int, typer.Option(help="Cap on the width multiplier of the deepest levels (SID: 16).")
     ] = 8,
@@ -53,7 +56,11 @@ def train_command(
     workers: Annotated[int, typer.Option(help="Processes that make training pairs.")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoint.pt.")] = False,
     init: Annotated[
-        Path | None, typer.Option(help="Warm-start from an ONNX model (matching tensors).")
+        Path | None,
+        typer.Option(
+            help="Warm-start from an ONNX model (matching tensors); with a model card beside "
+            "it, the network takes the card's shape."
+        ),
     ] = None,
     data: Annotated[
         Path | None, typer.Option(help="Data folder holding clean/ (default ../shared/data).")
@@ -122,8 +129,14 @@ def train_command(
         minutes=minutes, lr=lr, seed=seed, device=device, threads=threads,
         checkpoint_minutes=checkpoint_minutes, data=str(data) if data else None,
         init=str(init) if init else None, residual=residual, noise_map=noise_map, loss=loss,
-        workers=workers,
+        workers=workers, first_width=first_width,
     )
+    card = init.with_suffix(".json") if init is not None else None
+    if card is not None and card.is_file() and not resume:
+        from .model import load_card
+        from .train.loop import with_shape_of
+
+        cfg = with_shape_of(cfg, load_card(card).raw.get("architecture", {}))
     out.mkdir(parents=True, exist_ok=True)
     Trainer(cfg, out, resume=resume).run()
 

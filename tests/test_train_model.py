@@ -290,3 +290,61 @@ def test_exported_network_records_its_staged_context(tmp_path: Path) -> None:
     x = np.random.default_rng(1).uniform(0, 0.5, (120, 150, 4)).astype(np.float32)
     whole = run_whole(x, lambda b: net(b, noise=noise))
     assert np.abs(run_staged(x, stages, tile=64) - whole).max() <= 1e-5 * np.abs(whole).max()
+
+
+def test_narrow_first_level_shapes_and_cost() -> None:
+    from sidraw.train.unet import count_params, gflops_per_megapixel
+
+    wide = UNetConfig(channels=4, width=24, max_mult=8, residual=True, noise_map=True)
+    narrow = UNetConfig(channels=4, width=24, max_mult=8, residual=True, noise_map=True,
+                        first_width=16)
+    assert narrow.widths == [16, 48, 96, 192, 192] and wide.widths[0] == 24
+    model = UNet(narrow)
+    assert model.head.in_channels == 16 and model.enc[1][0].in_channels == 16
+    assert model.dec[-1][0].in_channels == 32
+    assert count_params(model) < count_params(UNet(wide))
+    assert gflops_per_megapixel(narrow, 2) < gflops_per_megapixel(wide, 2)
+
+
+def test_narrow_first_level_trains_resumes_and_runs_staged(tmp_path: Path) -> None:
+    from sidraw.model import Network, load_card
+    from sidraw.staged import run_staged
+    from sidraw.tiling import run_whole
+    from sidraw.train.cards import write_cards
+    from sidraw.train.stage_card import stage_card
+
+    _tiny_data(tmp_path / "data")
+    out = tmp_path / "run"
+    args = ["--width", "8", "--first-width", "4", "--max-mult", "2", "--residual", "--noise-map",
+            "--patch", "16", "--batch", "2", "--threads", "1", "--workers", "0",
+            "--data", str(tmp_path / "data"), "--out", str(out)]
+    loop.main([*args, "--steps", "1"])
+    # Resuming takes the shape from the checkpoint, whatever the command line says.
+    resumed = [a if a != "4" else "8" for a in args]
+    loop.main([*resumed, "--steps", "2", "--resume"])
+    model, cfg, info = model_from_checkpoint(out / "checkpoint.pt")
+    assert cfg.first_width == 4 and model.config.widths[:2] == [4, 16] and info["step"] == 2
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.1)
+    path = tmp_path / "nf.onnx"
+    diff = export_onnx(model, path)
+    card = write_cards(tmp_path, "nf", "1", path, model, cfg, info, diff)
+    assert card["architecture"]["first_width"] == 4
+    assert card["architecture"]["widths"][:2] == [4, 16]
+    assert "First level narrowed to 4 channels" in (tmp_path / "nf.md").read_text()
+    # A warm start from the card's shape loads every tensor; the default shape would not.
+    from sidraw.train.onnx_io import load_onnx_weights
+
+    shaped = loop.with_shape_of(loop.TrainConfig(), card["architecture"])
+    assert (shaped.width, shaped.first_width, shaped.max_mult) == (8, 4, 2)
+    assert load_onnx_weights(UNet(shaped.unet()), path)[1] == []
+    default = loop.TrainConfig(width=8, max_mult=2, residual=True, noise_map=True)
+    assert load_onnx_weights(UNet(default.unet()), path)[1] != []
+    stage_card(tmp_path / "nf.json")
+    net = Network(load_card(tmp_path / "nf.json"), "cpu", threads=1)
+    noise = np.array([[0.05, 1e-3]], np.float32)
+    stages = net.stages(noise)
+    assert stages is not None
+    x = np.random.default_rng(2).uniform(0, 0.5, (80, 100, 4)).astype(np.float32)
+    whole = run_whole(x, lambda b: net(b, noise=noise))
+    assert np.abs(run_staged(x, stages, tile=32) - whole).max() <= 1e-5 * np.abs(whole).max()

@@ -161,6 +161,7 @@ def build_card(
             "levels": 5,
             "widths": ucfg.widths,
             "width": ucfg.width,
+            **({"first_width": ucfg.first_width} if ucfg.first_width else {}),
             "max_mult": ucfg.max_mult,
             "residual": ucfg.residual,
             "noise_map": ucfg.noise_map,
@@ -236,6 +237,12 @@ def previous_runs(card: dict) -> list[dict]:
     return [_run_summary(training, card.get("sha256"))]
 
 
+def _width_label(row: dict[str, object]) -> str:
+    """A speed row's width, with its first level's when that differs."""
+    first = row.get("first_width")
+    return f"{row['width']} (first {first})" if first else str(row["width"])
+
+
 def markdown_card(card: dict) -> str:
     """The human-readable card."""
     a, t = card["architecture"], card["training"]
@@ -252,6 +259,12 @@ def markdown_card(card: dict) -> str:
         f"- {a['type']}; 5 levels of widths {a['widths']} (4 poolings: packed h and w must be "
         f"multiples of {card['downsample']}), {a['activation']}, {a['up']}; output = "
         f"{a['output']}.",
+        *(
+            [f"- First level narrowed to {fw} channels (from {a['width']}): onnxruntime's CPU "
+             "convolutions work on blocks of 16 channels, so the full-resolution level, the "
+             "costliest, computed 24 as 32 (`sidraw.train.prune`)."]
+            if (fw := a.get("first_width")) else []
+        ),
         f"- {a['params']:,} parameters, {a['gflops_per_megapixel']} GFLOPs per megapixel "
         "of mosaic.",
         *(
@@ -279,7 +292,7 @@ def markdown_card(card: dict) -> str:
         ]
     for r in a["speed_cpu"]["widths_tried"]:
         lines.append(
-            f"| {r.get('cfa', card['cfa'])} | {r['width']} | {r.get('max_mult', 16)} | "
+            f"| {r.get('cfa', card['cfa'])} | {_width_label(r)} | {r.get('max_mult', 16)} | "
             f"{r['params']:,} | {r['gflops_per_mp']} | {r['train_step_s']} | "
             f"{r['train_s_per_mp']} | {r.get('onnx_s_per_mp', '')} |"
         )

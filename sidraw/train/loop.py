@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class TrainConfig:
     residual: bool = False
     noise_map: bool = False
     block: str = "conv"
+    first_width: int = 0
     patch: int = 128
     batch: int = 8
     steps: int = 100_000
@@ -71,7 +72,22 @@ class TrainConfig:
         return UNetConfig(
             channels=CFA_CHANNELS[self.cfa], width=self.width, max_mult=self.max_mult,
             residual=self.residual, noise_map=self.noise_map, block=self.block,
+            first_width=self.first_width,
         )
+
+
+def with_shape_of(cfg: TrainConfig, architecture: dict[str, object]) -> TrainConfig:
+    """``cfg`` with the network shape of a model card's ``architecture`` entry (width, first
+    width, width cap, residual output, noise input), so that a warm start loads every tensor."""
+    return replace(
+        cfg,
+        width=int(architecture.get("width", cfg.width)),  # type: ignore[arg-type]
+        first_width=int(architecture.get("first_width", 0)),  # type: ignore[arg-type]
+        max_mult=int(architecture.get("max_mult", cfg.max_mult)),  # type: ignore[arg-type]
+        residual=bool(architecture.get("residual", False)),
+        noise_map=bool(architecture.get("noise_map", False)),
+        block=str(architecture.get("block", "conv")),
+    )
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
@@ -249,6 +265,7 @@ class Trainer:
             # command line, so a resumed run can grow its patches.
             cfg.cfa, cfg.width, cfg.residual = stored.cfa, stored.width, stored.residual
             cfg.max_mult, cfg.noise_map, cfg.block = stored.max_mult, stored.noise_map, stored.block
+            cfg.first_width = stored.first_width
             cfg.patch_history = stored.patch_history
             self.step = int(ckpt["step"])  # type: ignore[arg-type]
             self.elapsed = float(ckpt["elapsed"])  # type: ignore[arg-type]
@@ -393,6 +410,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     d = TrainConfig()
     ap.add_argument("--cfa", choices=sorted(CFA_CHANNELS), default=d.cfa)
     ap.add_argument("--width", type=int, default=d.width, help="channels of the first level")
+    ap.add_argument("--first-width", type=int, default=d.first_width,
+                    help="channels of the full-resolution level (0: --width)")
     ap.add_argument("--max-mult", type=int, default=d.max_mult,
                     help="cap on the width multiplier of the deepest levels (SID: 16)")
     ap.add_argument("--residual", action="store_true", help="add the input to the output")
@@ -434,7 +453,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         steps=a.steps, minutes=a.minutes, lr=a.lr, lr_min=a.lr_min, seed=a.seed, device=a.device,
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
         zero_head=a.zero_head, noise_map=a.noise_map, block=a.block, weight_decay=a.weight_decay,
-        clip=a.clip, ema=a.ema, loss=a.loss, workers=a.workers,
+        clip=a.clip, ema=a.ema, loss=a.loss, workers=a.workers, first_width=a.first_width,
     )
     return cfg, Path(a.out), bool(a.resume)
 

@@ -49,7 +49,7 @@ from ..calibrate import profile_noise_params as _profile_params
 from ..model import ModelCard, card_for
 from ..noise_estimate import NoiseEstimate, noise_vector
 from ..pairs import RawPair
-from .loop import CFA_CHANNELS, TrainConfig, Trainer
+from .loop import CFA_CHANNELS, TrainConfig, Trainer, with_shape_of
 from .pairs import INPUT_CLIP
 from .unet import DOWNSAMPLE, UNet
 
@@ -274,14 +274,10 @@ class PairTuneConfig:
 
 
 def config_from_card(card: ModelCard, base: TrainConfig) -> TrainConfig:
-    """A TrainConfig whose network is the card's (width, max_mult, residual, noise input) and whose
-    schedule is ``base``'s; ``init`` is the card's ONNX file."""
-    arch = card.raw.get("architecture", {})
-    cfg = copy.deepcopy(base)
+    """A TrainConfig whose network is the card's (:func:`~sidraw.train.loop.with_shape_of`) and
+    whose schedule is ``base``'s; ``init`` is the card's ONNX file."""
+    cfg = with_shape_of(copy.deepcopy(base), card.raw.get("architecture", {}))
     cfg.cfa = card.cfa
-    cfg.width = int(arch.get("width", cfg.width))
-    cfg.max_mult = int(arch.get("max_mult", cfg.max_mult))
-    cfg.residual = bool(arch.get("residual", False))
     cfg.noise_map = card.noise_input is not None
     cfg.init = str(card.path)
     cfg.zero_head = False

@@ -33,6 +33,10 @@ class UNetConfig:
         block: ``"conv"``, SID's two 3x3 convolutions per level, or ``"dwsep"``, PMRID's
             depthwise-separable form (a 1x1 to the level's width, then twice a 3x3 depthwise and
             a 1x1 pointwise convolution): about a fifth of the multiply-adds at equal width.
+        first_width: channels of the first (full-resolution) level when not ``width`` (0). The
+            first level is the slowest per multiply-add: onnxruntime's CPU convolutions work on
+            blocks of 16 channels (AVX-512), so 24 channels cost as much as 32 there, and 16
+            cost a quarter of that (:mod:`sidraw.train.prune` narrows a trained network).
     """
 
     channels: int = 4
@@ -41,11 +45,15 @@ class UNetConfig:
     residual: bool = False
     noise_map: bool = False
     block: str = "conv"
+    first_width: int = 0
 
     @property
     def widths(self) -> list[int]:
         """Channels of the five levels, finest first."""
-        return [self.width * min(2**k, self.max_mult) for k in range(5)]
+        widths = [self.width * min(2**k, self.max_mult) for k in range(5)]
+        if self.first_width:
+            widths[0] = self.first_width
+        return widths
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -91,7 +99,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
-        c, w = config.channels, config.width
+        c = config.channels
         widths = config.widths
         self.enc = nn.ModuleList()
         cin = 2 * c if config.noise_map else c
@@ -104,7 +112,7 @@ class UNet(nn.Module):
         for k in range(len(widths) - 1, 0, -1):
             self.up.append(nn.ConvTranspose2d(widths[k], widths[k - 1], 2, stride=2))
             self.dec.append(_double_conv(2 * widths[k - 1], widths[k - 1], config.block))
-        self.head = nn.Conv2d(w, c, 1)
+        self.head = nn.Conv2d(widths[0], c, 1)
         if config.residual:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -150,8 +158,9 @@ def gflops_per_megapixel(config: UNetConfig, block: int) -> float:
         config: network shape.
         block: photosites per packed pixel along each axis (2 Bayer, 3 X-Trans).
     """
-    c, w = config.channels, config.width
+    c = config.channels
     widths = config.widths
+
     def level(cin: int, cout: int) -> float:
         if config.block == "dwsep":
             return cin * cout + 2 * (9 * cout + cout * cout)
@@ -166,6 +175,6 @@ def gflops_per_megapixel(config: UNetConfig, block: int) -> float:
         lo, hi = widths[k - 1], widths[k]
         macs += 4 * hi * lo / 4**k  # transposed conv, one 2x2 kernel per low-res pixel
         macs += level(2 * lo, lo) / 4 ** (k - 1)
-    macs += w * c
+    macs += widths[0] * c
     packed_per_mp = 1e6 / block**2
     return 2 * macs * packed_per_mp / 1e9
