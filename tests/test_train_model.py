@@ -333,8 +333,6 @@ def test_narrow_first_level_trains_resumes_and_runs_staged(tmp_path: Path) -> No
     assert card["architecture"]["widths"][:2] == [4, 16]
     assert "First level narrowed to 4 channels" in (tmp_path / "nf.md").read_text()
     # A warm start from the card's shape loads every tensor; the default shape would not.
-    from sidraw.train.onnx_io import load_onnx_weights
-
     shaped = loop.with_shape_of(loop.TrainConfig(), card["architecture"])
     assert (shaped.width, shaped.first_width, shaped.max_mult) == (8, 4, 2)
     assert load_onnx_weights(UNet(shaped.unet()), path)[1] == []
@@ -348,3 +346,27 @@ def test_narrow_first_level_trains_resumes_and_runs_staged(tmp_path: Path) -> No
     x = np.random.default_rng(2).uniform(0, 0.5, (80, 100, 4)).astype(np.float32)
     whole = run_whole(x, lambda b: net(b, noise=noise))
     assert np.abs(run_staged(x, stages, tile=32) - whole).max() <= 1e-5 * np.abs(whole).max()
+
+
+def test_train_command_warm_starts_in_the_shape_of_the_init_card(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sidraw.cli import app
+    from sidraw.train.cards import write_cards
+
+    _tiny_data(tmp_path / "data")
+    cfg = loop.TrainConfig(width=8, first_width=4, max_mult=2, residual=True, noise_map=True)
+    model = UNet(cfg.unet())
+    path = tmp_path / "small.onnx"
+    write_cards(tmp_path, "small", "1", path, model, cfg, {"step": 0, "elapsed_s": 0.0},
+                export_onnx(model, path))
+    out = tmp_path / "run"
+    # The command's default shape (width 24) is not the card's: the card wins.
+    res = CliRunner().invoke(app, [
+        "train", "--init", str(path), "--data", str(tmp_path / "data"), "--out", str(out),
+        "--patch", "16", "--batch", "2", "--steps", "1", "--threads", "1", "--workers", "0",
+    ])
+    assert res.exit_code == 0, res.output
+    assert "skipped []" in res.output
+    stored = torch.load(out / "checkpoint.pt", weights_only=False)["config"]
+    assert (stored["width"], stored["first_width"], stored["max_mult"]) == (8, 4, 2)
