@@ -370,3 +370,46 @@ def test_train_command_warm_starts_in_the_shape_of_the_init_card(tmp_path: Path)
     assert "skipped []" in res.output
     stored = torch.load(out / "checkpoint.pt", weights_only=False)["config"]
     assert (stored["width"], stored["first_width"], stored["max_mult"]) == (8, 4, 2)
+
+
+def test_distillation_term_measures_the_distance_to_the_teacher() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(3, 4, 8, 8, generator=g)
+    t = (y + 0.05 * torch.randn(3, 4, 8, 8, generator=g)).clamp(0, 1)
+    assert float(loop.distill_loss(t, t, y)) == 0.0
+    near, far = t + 0.01, t + 0.05
+    assert 0 < float(loop.distill_loss(near, t, y)) < float(loop.distill_loss(far, t, y))
+
+
+def test_training_distils_from_a_narrower_or_wider_teacher(tmp_path: Path) -> None:
+    from sidraw.train.cards import write_cards
+
+    _tiny_data(tmp_path / "data")
+    tcfg = loop.TrainConfig(width=8, max_mult=2, residual=True, noise_map=True)
+    teacher = UNet(tcfg.unet())
+    with torch.no_grad():  # a fresh residual network is the identity, as the student is
+        teacher.head.weight.normal_(std=0.3)
+    path = tmp_path / "teacher.onnx"
+    write_cards(tmp_path, "teacher", "1", path, teacher, tcfg, {"step": 0, "elapsed_s": 0.0},
+                export_onnx(teacher, path))
+    out = tmp_path / "run"
+    args = ["--width", "8", "--first-width", "4", "--max-mult", "2", "--residual", "--noise-map",
+            "--patch", "16", "--batch", "2", "--threads", "1", "--workers", "0", "--steps", "1",
+            "--data", str(tmp_path / "data"), "--out", str(out), "--teacher", str(path),
+            "--distill", "1"]
+    cfg = loop.parse_args(args)[0]
+    trainer = loop.Trainer(cfg, out)
+    assert trainer.teacher is not None and trainer.teacher.config.widths[0] == 8
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    x = torch.rand(2, 4, 16, 16)
+    noise = torch.full((2, 2), 1e-3)
+    y = torch.rand(2, 4, 16, 16)
+    plain = loop.Trainer(loop.parse_args(args[:-4])[0], tmp_path / "plain")
+    plain.model.load_state_dict(trainer.model.state_dict())
+    torch.manual_seed(0)
+    with_teacher = trainer.train_step(x, y, noise)
+    torch.manual_seed(0)
+    without = plain.train_step(x, y, noise)
+    assert with_teacher > without  # the distance to the teacher is added
+    loop.main(args)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["distill"] == 1.0

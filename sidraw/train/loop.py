@@ -2,7 +2,8 @@
 
 Recipe: linear warm-up then cosine decay of the learning rate, AdamW, gradient clipping, an
 exponential moving average of the weights (what is validated and exported), L1 loss (``--loss l2``
-for a final phase; ``psnr`` or ``log-l1`` weigh each patch by its own error), pairs made in
+for a final phase; ``psnr`` or ``log-l1`` weigh each patch by its own error; ``--teacher T
+--distill W`` adds W times the distance to a trained network's output), pairs made in
 worker processes (``--workers``) so the training thread only trains. Example (a
 noise-conditioned residual Bayer model)::
 
@@ -65,6 +66,8 @@ class TrainConfig:
     clip: float = 1.0
     ema: float = 0.999
     loss: str = "l1"
+    teacher: str | None = None
+    distill: float = 0.0
     workers: int = 1
     patch_history: list[list[int]] = field(default_factory=list)
 
@@ -240,6 +243,47 @@ def batch_loss(pred: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown loss {kind!r}; one of {', '.join(LOSSES)}")
 
 
+def distill_loss(pred: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Distance of a batch of predictions to a teacher network's ``(N, C, h, w)``, in dB.
+
+    Per patch ``10 / ln 10 x MSE(pred, teacher) / MSE(teacher, clean)`` (all clipped to 0..1, as
+    at inference), averaged: to first order the PSNR a patch loses by differing from the teacher,
+    so it weighs patches as the ``psnr`` loss does, whatever their noise.
+    """
+    t = teacher.clamp(0, 1)
+    err = torch.mean((pred.clamp(0, 1) - t) ** 2, dim=(1, 2, 3))
+    ref = torch.mean((t - y) ** 2, dim=(1, 2, 3))
+    return torch.mean(err / (ref + _MSE_FLOOR)) * (10 / math.log(10))
+
+
+def load_teacher(cfg: TrainConfig) -> UNet:
+    """The network of ``cfg.teacher`` (a checkpoint, or an ONNX file in the shape of the model
+    card beside it, else of ``cfg``), frozen, for :func:`distill_loss`."""
+    from .onnx_io import load_checkpoint_weights, load_onnx_weights
+
+    if not cfg.teacher:
+        raise ValueError("--distill needs --teacher")
+    path = Path(cfg.teacher)
+    if path.suffix == ".pt":
+        shape = TrainConfig(**load_checkpoint(path)["config"])  # type: ignore[arg-type]
+        load = load_checkpoint_weights
+    else:
+        card = path.with_suffix(".json")
+        arch = json.loads(card.read_text())["architecture"] if card.is_file() else {}
+        shape = with_shape_of(cfg, arch) if arch else cfg
+        load = load_onnx_weights
+    teacher = UNet(replace(cfg, **{k: getattr(shape, k) for k in _SHAPE}).unet())
+    _, skipped = load(teacher, path)
+    if skipped:
+        raise ValueError(f"{path}: the teacher's shape does not fit its weights ({skipped})")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+_SHAPE = ("width", "first_width", "max_mult", "residual", "noise_map", "block")
+
+
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * weights`` for every floating tensor of ``model``."""
     with torch.no_grad():
@@ -303,6 +347,7 @@ class Trainer:
             self.ema = {k: v.clone() for k, v in ckpt["ema"].items()}  # type: ignore[union-attr]
         if not cfg.patch_history or cfg.patch_history[-1][1] != cfg.patch:
             cfg.patch_history.append([self.step, cfg.patch])
+        self.teacher = load_teacher(cfg).to(self.device) if cfg.distill > 0 else None
 
     def forward(
         self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor
@@ -376,6 +421,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             pred = self.forward(self.model, x, noise)
         loss = self.loss(pred.float(), x, y)
+        if self.teacher is not None:
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
+                teacher = self.teacher
+                t = (teacher(x, noise) if teacher.config.noise_map else teacher(x)).float()
+            loss = loss + self.cfg.distill * distill_loss(pred.float(), t, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip > 0:
@@ -424,6 +474,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
     ap.add_argument("--ema", type=float, default=d.ema, help="weight averaging decay (0: off)")
     ap.add_argument("--loss", choices=LOSSES, default=d.loss,
                     help="l1, l2, or per patch: psnr (minus its PSNR) or log-l1 (log of its L1)")
+    ap.add_argument("--teacher", default=None,
+                    help="a trained network (ONNX with its card, or checkpoint.pt) to distil from")
+    ap.add_argument("--distill", type=float, default=d.distill,
+                    help="weight of the distance to --teacher's output (dB per patch, 0: off)")
     ap.add_argument("--workers", type=int, default=d.workers,
                     help="processes that make training pairs (0: the training process)")
     ap.add_argument("--patch", type=int, default=d.patch, help="packed patch edge (pixels)")
@@ -454,6 +508,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path, bool]:
         threads=a.threads, checkpoint_minutes=a.checkpoint_minutes, data=a.data, init=a.init,
         zero_head=a.zero_head, noise_map=a.noise_map, block=a.block, weight_decay=a.weight_decay,
         clip=a.clip, ema=a.ema, loss=a.loss, workers=a.workers, first_width=a.first_width,
+        teacher=a.teacher, distill=a.distill,
     )
     return cfg, Path(a.out), bool(a.resume)
 
