@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -171,13 +172,14 @@ def narrow(
 
 def main(argv: list[str] | None = None) -> None:
     from . import data as data_mod
-    from .loop import TrainConfig, batches, save_checkpoint
+    from .loop import TrainConfig, batches, save_checkpoint, with_shape_of
     from .onnx_io import load_checkpoint_weights, load_onnx_weights
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--init", required=True, help="the trained wide network (ONNX or .pt)")
     ap.add_argument("--cfa", default="bayer", choices=["bayer", "xtrans"])
-    ap.add_argument("--width", type=int, default=24, help="the wide network's --width")
+    ap.add_argument("--width", type=int, default=24,
+                    help="the wide network's --width (without a model card beside --init)")
     ap.add_argument("--max-mult", type=int, default=8)
     ap.add_argument("--first-width", type=int, default=16)
     ap.add_argument("--batches", type=int, default=16, help="training batches to measure on")
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     cfg = TrainConfig(cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=True,
                       noise_map=True, workers=0, seed=a.seed)
+    card = Path(a.init).with_suffix(".json")
+    if card.is_file():  # the network's shape is its card's
+        cfg = with_shape_of(cfg, json.loads(card.read_text()).get("architecture", {}))
     wide = UNet(cfg.unet())
     load = load_checkpoint_weights if a.init.endswith(".pt") else load_onnx_weights
     _, skipped = load(wide, a.init)
