@@ -88,3 +88,29 @@ def test_narrow_rejects_a_wider_first_level() -> None:
     wide = _wide()
     with pytest.raises(ValueError, match="first width"):
         narrow(wide, activation_stats(wide, _data(1)), 9)
+
+
+def test_prune_command_writes_a_warm_start_in_the_card_shape(tmp_path) -> None:
+    from test_train_model import _tiny_data
+
+    from sidraw.train import loop
+    from sidraw.train.cards import write_cards
+    from sidraw.train.export import export_onnx
+    from sidraw.train.onnx_io import load_checkpoint_weights
+    from sidraw.train.prune import main
+
+    _tiny_data(tmp_path / "data")
+    cfg = loop.TrainConfig(width=8, max_mult=2, residual=True, noise_map=True, patch=16, batch=2)
+    wide = UNet(cfg.unet())
+    path = tmp_path / "wide.onnx"
+    write_cards(tmp_path, "wide", "1", path, wide, cfg, {"step": 0, "elapsed_s": 0.0},
+                export_onnx(wide, path))
+    out = tmp_path / "narrow" / "init.pt"
+    # --width says 24, the card says 8: the card's shape is the network's.
+    main(["--init", str(path), "--first-width", "4", "--batches", "2", "--patch", "16", "--data",
+          str(tmp_path / "data"), "--out", str(out)])
+    stored = torch.load(out, weights_only=False)
+    assert stored["config"]["first_width"] == 4 and stored["config"]["width"] == 8
+    narrow_cfg = loop.TrainConfig(width=8, first_width=4, max_mult=2, residual=True,
+                                  noise_map=True)
+    assert load_checkpoint_weights(UNet(narrow_cfg.unet()), out)[1] == []

@@ -183,12 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-mult", type=int, default=8)
     ap.add_argument("--first-width", type=int, default=16)
     ap.add_argument("--batches", type=int, default=16, help="training batches to measure on")
+    ap.add_argument("--patch", type=int, default=128, help="packed patch edge of those batches")
     ap.add_argument("--data", default=None)
     ap.add_argument("--seed", type=int, default=99)
     ap.add_argument("--out", required=True, help="checkpoint to write (for loop --init)")
     a = ap.parse_args(argv)
     cfg = TrainConfig(cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=True,
-                      noise_map=True, workers=0, seed=a.seed)
+                      noise_map=True, workers=0, seed=a.seed, patch=a.patch)
     card = Path(a.init).with_suffix(".json")
     if card.is_file():  # the network's shape is its card's
         cfg = with_shape_of(cfg, json.loads(card.read_text()).get("architecture", {}))
