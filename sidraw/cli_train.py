@@ -58,8 +58,8 @@ def train_command(
     init: Annotated[
         Path | None,
         typer.Option(
-            help="Warm-start from an ONNX model (matching tensors); with a model card beside "
-            "it, the network takes the card's shape."
+            help="Warm-start from an ONNX model (matching tensors) or checkpoint; the network "
+            "takes its shape (from the model card beside an ONNX file)."
         ),
     ] = None,
     data: Annotated[
@@ -131,12 +131,10 @@ def train_command(
         init=str(init) if init else None, residual=residual, noise_map=noise_map, loss=loss,
         workers=workers, first_width=first_width,
     )
-    card = init.with_suffix(".json") if init is not None else None
-    if card is not None and card.is_file() and not resume:
-        from .model import load_card
-        from .train.loop import with_shape_of
+    if init is not None and not resume:
+        from .train.loop import with_shape_of_file
 
-        cfg = with_shape_of(cfg, load_card(card).raw.get("architecture", {}))
+        cfg = with_shape_of_file(cfg, init)
     out.mkdir(parents=True, exist_ok=True)
     Trainer(cfg, out, resume=resume).run()
 

@@ -93,6 +93,23 @@ def with_shape_of(cfg: TrainConfig, architecture: dict[str, object]) -> TrainCon
     )
 
 
+def with_shape_of_file(cfg: TrainConfig, path: str | Path) -> TrainConfig:
+    """``cfg`` in the network shape of a trained network's file: a checkpoint's own config, or
+    the model card beside an ONNX file (``cfg`` as it is without one)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        stored = TrainConfig(**load_checkpoint(path)["config"])  # type: ignore[arg-type]
+        return replace(cfg, **{k: getattr(stored, k) for k in SHAPE_FIELDS})
+    card = path.with_suffix(".json")
+    if card.is_file():
+        return with_shape_of(cfg, json.loads(card.read_text()).get("architecture", {}))
+    return cfg
+
+
+#: The TrainConfig fields that make the network's shape (a checkpoint's own; resumes keep them).
+SHAPE_FIELDS = ("width", "first_width", "max_mult", "residual", "noise_map", "block")
+
+
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     """Linear warm-up, then cosine decay over the run's progress.
 
@@ -257,31 +274,20 @@ def distill_loss(pred: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> 
 
 
 def load_teacher(cfg: TrainConfig) -> UNet:
-    """The network of ``cfg.teacher`` (a checkpoint, or an ONNX file in the shape of the model
-    card beside it, else of ``cfg``), frozen, for :func:`distill_loss`."""
+    """The network of ``cfg.teacher`` (a checkpoint, or an ONNX file) in its own shape
+    (:func:`with_shape_of_file`), frozen, for :func:`distill_loss`."""
     from .onnx_io import load_checkpoint_weights, load_onnx_weights
 
     if not cfg.teacher:
         raise ValueError("--distill needs --teacher")
-    path = Path(cfg.teacher)
-    if path.suffix == ".pt":
-        shape = TrainConfig(**load_checkpoint(path)["config"])  # type: ignore[arg-type]
-        load = load_checkpoint_weights
-    else:
-        card = path.with_suffix(".json")
-        arch = json.loads(card.read_text())["architecture"] if card.is_file() else {}
-        shape = with_shape_of(cfg, arch) if arch else cfg
-        load = load_onnx_weights
-    teacher = UNet(replace(cfg, **{k: getattr(shape, k) for k in _SHAPE}).unet())
-    _, skipped = load(teacher, path)
+    teacher = UNet(with_shape_of_file(cfg, cfg.teacher).unet())
+    load = load_checkpoint_weights if cfg.teacher.endswith(".pt") else load_onnx_weights
+    _, skipped = load(teacher, cfg.teacher)
     if skipped:
-        raise ValueError(f"{path}: the teacher's shape does not fit its weights ({skipped})")
+        raise ValueError(f"{cfg.teacher}: the teacher's shape does not fit its weights ({skipped})")
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
-
-
-_SHAPE = ("width", "first_width", "max_mult", "residual", "noise_map", "block")
 
 
 def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
@@ -307,9 +313,9 @@ class Trainer:
             stored = TrainConfig(**ckpt["config"])  # type: ignore[arg-type]
             # The network shape comes from the checkpoint; schedule, patch and batch from the
             # command line, so a resumed run can grow its patches.
-            cfg.cfa, cfg.width, cfg.residual = stored.cfa, stored.width, stored.residual
-            cfg.max_mult, cfg.noise_map, cfg.block = stored.max_mult, stored.noise_map, stored.block
-            cfg.first_width = stored.first_width
+            cfg.cfa = stored.cfa
+            for k in SHAPE_FIELDS:
+                setattr(cfg, k, getattr(stored, k))
             cfg.patch_history = stored.patch_history
             self.step = int(ckpt["step"])  # type: ignore[arg-type]
             self.elapsed = float(ckpt["elapsed"])  # type: ignore[arg-type]
@@ -423,8 +429,7 @@ class Trainer:
         loss = self.loss(pred.float(), x, y)
         if self.teacher is not None:
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
-                teacher = self.teacher
-                t = (teacher(x, noise) if teacher.config.noise_map else teacher(x)).float()
+                t = self.teacher(x, noise).float()  # a network without a noise input ignores it
             loss = loss + self.cfg.distill * distill_loss(pred.float(), t, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -75,7 +74,7 @@ def activation_stats(
     try:
         with torch.no_grad():
             for x, noise in batches:
-                model(x, noise) if model.config.noise_map else model(x)
+                model(x, noise)  # a network without a noise input ignores it
     finally:
         for h in handles:
             h.remove()
@@ -172,14 +171,14 @@ def narrow(
 
 def main(argv: list[str] | None = None) -> None:
     from . import data as data_mod
-    from .loop import TrainConfig, batches, save_checkpoint, with_shape_of
+    from .loop import TrainConfig, batches, save_checkpoint, with_shape_of_file
     from .onnx_io import load_checkpoint_weights, load_onnx_weights
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--init", required=True, help="the trained wide network (ONNX or .pt)")
     ap.add_argument("--cfa", default="bayer", choices=["bayer", "xtrans"])
     ap.add_argument("--width", type=int, default=24,
-                    help="the wide network's --width (without a model card beside --init)")
+                    help="the wide network's --width (an ONNX file without a card beside it)")
     ap.add_argument("--max-mult", type=int, default=8)
     ap.add_argument("--first-width", type=int, default=16)
     ap.add_argument("--batches", type=int, default=16, help="training batches to measure on")
@@ -190,9 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     cfg = TrainConfig(cfa=a.cfa, width=a.width, max_mult=a.max_mult, residual=True,
                       noise_map=True, workers=0, seed=a.seed, patch=a.patch)
-    card = Path(a.init).with_suffix(".json")
-    if card.is_file():  # the network's shape is its card's
-        cfg = with_shape_of(cfg, json.loads(card.read_text()).get("architecture", {}))
+    cfg = with_shape_of_file(cfg, a.init)
     wide = UNet(cfg.unet())
     load = load_checkpoint_weights if a.init.endswith(".pt") else load_onnx_weights
     _, skipped = load(wide, a.init)
