@@ -343,6 +343,7 @@ class Network:
         except Exception as exc:  # onnxruntime raises its own, untyped, errors
             raise ModelError(f"onnxruntime cannot load it ({exc})", path) from None
         self.card = card
+        self.path, self.sha256 = path, actual
         self.providers = tuple(self.session.get_providers())
         self.threads = opts.intra_op_num_threads
         self._options = opts
@@ -403,14 +404,19 @@ class Network:
         """The network cut for staged inference (:mod:`sidraw.staged`), for a frame of this
         ``noise``, its skip connections held as float16 with ``half_skips`` (as convert does),
         else as float32 (exactly the network's values); None where the card names no split
-        level, for INT8 and float16 variants (only float32 graphs are cut), or without the
-        ``onnx`` package.
+        level, for float16 variants and INT8 ones with quantised full-resolution layers (only
+        float32 graphs, and INT8 ones of the ``deep`` kind, :data:`sidraw.quantize.Int8Layers`,
+        are cut), or without the ``onnx`` package.
 
         Raises:
             ModelError: the graph cannot be cut where its card says.
         """
         card = self.card
-        if not card.staged_level or self.precision != "fp32":
+        # Float32 graphs are cut, and INT8 ones whose staged levels stayed float.
+        deep_int8 = card.variants.get("int8", {}).get("int8_layers") == "deep"
+        if not card.staged_level or not (
+            self.precision == "fp32" or (self.precision == "int8" and deep_int8)
+        ):
             return None
         if half_skips not in self._stage_sessions:
             try:
@@ -462,16 +468,16 @@ class Network:
         card = self.card
 
         def model() -> bytes:
-            # Only float32 models are cut: the card's file, whose sha256 was checked at load.
-            data = card.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != card.sha256:
-                raise ModelError("model file changed after it was loaded", card.path)
+            # The file that runs, whose sha256 was checked at load.
+            data = self.path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.sha256:
+                raise ModelError("model file changed after it was loaded", self.path)
             return data
 
         inputs = [card.input_name, *([card.noise_input] if card.noise_input else [])]
         try:
             cut = cached_split(
-                model, card.sha256, card.staged_level, inputs, card.output_name, half_skips
+                model, self.sha256, card.staged_level, inputs, card.output_name, half_skips
             )
             options = self._options
             if self.device == "cpu":
@@ -482,11 +488,11 @@ class Network:
             ]
         except (ValueError, KeyError) as exc:
             message = f"cannot cut the network for staged inference ({exc})"
-            raise ModelError(message, card.path) from None
+            raise ModelError(message, self.path) from None
         except ImportError:
             raise
         except Exception as exc:  # onnxruntime raises its own, untyped, errors
-            raise ModelError(f"onnxruntime cannot load a stage ({exc})", card.path) from None
+            raise ModelError(f"onnxruntime cannot load a stage ({exc})", self.path) from None
         return sessions[0], sessions[1], sessions[2], cut
 
     def release_after(self, batch: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:

@@ -71,17 +71,7 @@ def split_unet(
 
     # The extractor reads the types of the tensors it cuts at from the graph's value_info.
     proto = onnx.shape_inference.infer_shapes(onnx.load_from_string(model))
-    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
-    ups = [n for n in proto.graph.node if n.op_type == "ConvTranspose"]
-    if not pools or len(pools) != len(ups):
-        raise ValueError(
-            f"not a U-Net graph: {len(pools)} max-pools, {len(ups)} transposed convolutions"
-        )
-    if not 1 <= level < len(pools):
-        raise ValueError(f"split level {level} outside 1..{len(pools) - 1}")
-    features = pools[level - 1].output[0]
-    skips = tuple(pool.input[0] for pool in pools[:level])
-    answer = ups[len(ups) - level].input[0]
+    features, skips, answer = _cut_tensors(proto, level)
     extractor = Extractor(proto)
 
     def cut(ins: list[str], outs: list[str]) -> onnx.ModelProto:
@@ -100,6 +90,36 @@ def split_unet(
         answer=answer,
         level=level,
     )
+
+
+def deep_nodes(model: bytes, level: int) -> list[str]:
+    """Names of the nodes of a serialised U-Net that its ``deep`` stage at split ``level`` runs
+    (every node between the features and the answer; unnamed nodes give empty names).
+
+    Raises:
+        ValueError: as :func:`split_unet`.
+    """
+    import onnx
+    from onnx.utils import Extractor
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load_from_string(model))
+    features, _, answer = _cut_tensors(proto, level)
+    return [n.name for n in Extractor(proto).extract_model([features], [answer]).graph.node]
+
+
+def _cut_tensors(proto: Any, level: int) -> tuple[str, tuple[str, ...], str]:
+    """(features, skip connections finest first, answer): the tensors a U-Net's ModelProto is
+    cut at for split ``level`` (see :class:`UNetStages`)."""
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    ups = [n for n in proto.graph.node if n.op_type == "ConvTranspose"]
+    if not pools or len(pools) != len(ups):
+        raise ValueError(
+            f"not a U-Net graph: {len(pools)} max-pools, {len(ups)} transposed convolutions"
+        )
+    if not 1 <= level < len(pools):
+        raise ValueError(f"split level {level} outside 1..{len(pools) - 1}")
+    skips = tuple(pool.input[0] for pool in pools[:level])
+    return pools[level - 1].output[0], skips, ups[len(ups) - level].input[0]
 
 
 def _skips_as_float16(encode: Any, decode: Any, skips: tuple[str, ...]) -> None:

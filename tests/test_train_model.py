@@ -252,17 +252,24 @@ def test_int8_variant_validation_is_compared_case_for_case() -> None:
     own = {"sets": {
         "K=0.1 x100": {"cases": 4, "naive": naive, "model": row(32.0, 42.0)},
         "K=6 x300": {"cases": 4, "naive": naive, "model": row(21.0, 28.8)},
-    }}
+    }, "sweep": {"x100": {"bm3d": row(25.0, 35.0), "model": row(26.5, 36.0)}}}
     int8 = {"sets": {
         "K=0.1 x100": {"cases": 4, "naive": naive, "model": row(31.8, 41.9)},
         "K=6 x300": {"cases": 4, "naive": naive, "model": row(21.01, 28.78)},
-    }}
+    }, "sweep": {"x100": {"bm3d": row(25.0, 35.0), "model": row(26.25, 35.9)},
+                 "x250": {"bm3d": row(21.0, 31.0), "model": row(22.0, 32.0)}}}
     got = variant_validation({"validation": own}, int8)
     assert got["psnr_drop_db"] == pytest.approx(0.2) and got["raw_psnr_drop_db"] == 0.1
+    assert list(got["sweep"]) == ["x100"]  # only ratios the card's own evaluation holds
     card = {"validation": own, "variants": {"int8": {"file": "m.int8.onnx", "sha256": "ab",
                                                      **got}}}
     text = "\n".join(variant_section(card))
     assert "| K=0.1 x100 | 32.00 / 42.00 | 31.80 / 41.90 | -0.20 / -0.10 |" in text
+    assert "| x100 | 25.00 / 0.500 | 26.50 / 0.500 | 26.25 / 0.500 | +1.25 dB / +0.000 |" in text
+    # Float rounding of the renders moves the naive figures' 4th decimal: the same cases.
+    rounded = json.loads(json.dumps(int8))
+    rounded["sets"]["K=6 x300"]["naive"]["srgb_psnr"] += 1e-4
+    assert variant_validation({"validation": own}, rounded)["psnr_drop_db"] == got["psnr_drop_db"]
     # Other noise draws (the naive rows differ) are not a comparison.
     other = json.loads(json.dumps(int8))
     other["sets"]["K=6 x300"]["naive"]["raw_psnr"] = 24.1

@@ -468,18 +468,37 @@ def variant_validation(card: dict, summary: dict) -> dict:
     for name, e in summary["sets"].items():
         if name not in own or "model" not in e:
             continue
-        if own[name]["naive"] != e["naive"] or own[name]["cases"] != e["cases"]:
+        if own[name]["cases"] != e["cases"] or not _same_figures(own[name]["naive"], e["naive"]):
             raise ValueError(f"set {name!r}: not the cases of the card's own evaluation")
         rows[name] = {k: e["model"][k] for k in VARIANT_FIGURES}
         drops.append(own[name]["model"]["srgb_psnr"] - e["model"]["srgb_psnr"])
         raw_drops.append(own[name]["model"]["raw_psnr"] - e["model"]["raw_psnr"])
     if not rows:
         raise ValueError("no set in common with the card's own evaluation")
-    return {
+    result: dict = {
         "validation": rows,
         "psnr_drop_db": round(max(drops), 3),
         "raw_psnr_drop_db": round(max(raw_drops), 3),
     }
+    # The gain sweep's averages, beside the BM3D figures of the card's own evaluation.
+    own_sweep = (card.get("validation") or {}).get("sweep") or {}
+    sweep = {r: e["model"] for r, e in (summary.get("sweep") or {}).items() if r in own_sweep}
+    if sweep:
+        result["sweep"] = sweep
+    return result
+
+
+#: Largest difference between two evaluations' naive figures (dB, or SSIM) that still counts as
+#: the same cases: the rendering's float rounding moves the 4th decimal, another noise draw the 2nd.
+SAME_CASES_TOLERANCE = 1e-3
+
+
+def _same_figures(a: dict, b: dict) -> bool:
+    """Whether two rows of figures name the same figures with the same values, within
+    :data:`SAME_CASES_TOLERANCE`."""
+    return a.keys() == b.keys() and all(
+        abs(float(a[k]) - float(b[k])) <= SAME_CASES_TOLERANCE for k in a
+    )
 
 
 def update_variant_validation(
@@ -527,6 +546,22 @@ def variant_section(card: dict) -> list[str]:
             f"{m['below_naive_raw']} | {m['min_raw_psnr']:.2f} | {100 * m['colour_bias']:.2f} % "
             f"| {100 * m['highlight_tint']:.2f} % |"
         )
+    if q.get("sweep"):
+        lines += [
+            "",
+            "| gain sweep average | BM3D sRGB / SSIM | fp32 sRGB / SSIM | int8 sRGB / SSIM "
+            "| int8 - BM3D |",
+            "|---|---|---|---|---|",
+        ]
+        for ratio, m in q["sweep"].items():
+            e = card["validation"]["sweep"][ratio]
+            b, f = e["bm3d"], e["model"]
+            gain, ssim_gain = m["srgb_psnr"] - b["srgb_psnr"], m["srgb_ssim"] - b["srgb_ssim"]
+            lines.append(
+                f"| {ratio} | {b['srgb_psnr']:.2f} / {b['srgb_ssim']:.3f} | {f['srgb_psnr']:.2f} / "
+                f"{f['srgb_ssim']:.3f} | {m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f} | "
+                f"{gain:+.2f} dB / {ssim_gain:+.3f} |"
+            )
     if "speed" in q:
         lines += ["", q["speed"]]
     return lines
