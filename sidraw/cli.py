@@ -422,7 +422,8 @@ def _doctor_rows(rep: dict[str, Any]) -> Iterator[tuple[str, str]]:
     yield "inference on", f"{rep['device']} ({rep['cpu_cores']} physical cores)"
     yield "weights", rep["weights_dir"]
     for m in rep["models"]:
-        yield f"model {m['name']}", f"{m['cfa']}: {m['status']}"
+        variants = "".join(f", {kind} {status}" for kind, status in m.get("variants", {}).items())
+        yield f"model {m['name']}", f"{m['cfa']}: {m['status']}{variants}"
     if not rep["models"]:
         yield "models", "none found"
 

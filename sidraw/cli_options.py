@@ -174,7 +174,7 @@ PrecisionOpt = Annotated[
     PrecisionChoice,
     option(
         "--precision",
-        help="auto: fp16 on GPUs, fp32 on CPUs (int8 once a card validates it).",
+        help="auto: fp16 on GPUs; int8 on CPUs if validated, else fp32.",
         panel=PANEL_MODEL,
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -24,14 +25,17 @@ def report() -> dict[str, Any]:
     ok = True
     for card in find_cards():
         entry: dict[str, Any] = {"name": card.name, "cfa": card.cfa, "file": str(card.path)}
-        if not card.path.is_file():
-            entry["status"] = "missing"
-            ok = False
-        else:
-            actual = file_sha256(card.path)
+        entry["status"], actual = _file_status(card.path, card.sha256)
+        if actual:
             entry["sha256"] = actual
-            entry["status"] = "ok" if actual == card.sha256 else "sha256 mismatch"
-            ok = ok and entry["status"] == "ok"
+        # Reduced-precision copies that --precision auto may run instead (e.g. INT8).
+        variants = {
+            kind: _file_status(card.path.parent / str(v.get("file")), str(v.get("sha256")))[0]
+            for kind, v in card.variants.items()
+        }
+        if variants:
+            entry["variants"] = variants
+        ok = ok and entry["status"] == "ok" and all(v == "ok" for v in variants.values())
         models.append(entry)
     kinds = {m["cfa"] for m in models}
     if not {"bayer", "xtrans"} <= kinds:
@@ -50,3 +54,11 @@ def report() -> dict[str, Any]:
         "weights_dir": str(bundled_weights_dir()),
         "models": models,
     }
+
+
+def _file_status(path: Path, sha256: str) -> tuple[str, str]:
+    """(``ok``, ``missing`` or ``sha256 mismatch``; the file's sha256, empty when missing)."""
+    if not path.is_file():
+        return "missing", ""
+    actual = file_sha256(path)
+    return ("ok" if actual == sha256.lower() else "sha256 mismatch"), actual

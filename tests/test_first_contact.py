@@ -260,9 +260,13 @@ def test_int8_provenance_in_xmp_and_json(tmp_path: Path, make_dng, models_dir: P
 
 
 def test_precision_help_says_what_auto_does() -> None:
+    from sidraw.model import card_for, choose_file
+
     text = " ".join(run("convert", "--help", env={"COLUMNS": "200"}).output.split())
-    assert "INT8 on CPUs" not in text
-    assert "fp32 on CPUs" in text
+    assert "int8 on CPUs if validated, else fp32" in text
+    # Both bundled cards do: auto picks each bundled model's INT8 variant on a CPU.
+    for cfa in ("bayer", "xtrans"):
+        assert choose_file(card_for(cfa), "auto", "cpu")[2] == "int8"
 
 
 # -- 6. metadata of formats exifread cannot read ----------------------------------------------

@@ -266,6 +266,7 @@ def test_int8_variant_validation_is_compared_case_for_case() -> None:
     text = "\n".join(variant_section(card))
     assert "| K=0.1 x100 | 32.00 / 42.00 | 31.80 / 41.90 | -0.20 / -0.10 |" in text
     assert "| x100 | 25.00 / 0.500 | 26.50 / 0.500 | 26.25 / 0.500 | +1.25 dB / +0.000 |" in text
+    assert "so it does not." in text  # 0.2 dB: auto keeps float32
     # Float rounding of the renders moves the naive figures' 4th decimal: the same cases.
     rounded = json.loads(json.dumps(int8))
     rounded["sets"]["K=6 x300"]["naive"]["srgb_psnr"] += 1e-4

@@ -20,7 +20,7 @@ import sidraw
 from sidraw import __version__, metadata
 from sidraw.cli import app
 from sidraw.color import COLOR_SPACES, encoding_for, icc_profile
-from sidraw.model import ModelCache
+from sidraw.model import ModelCache, load_card
 from sidraw.pipeline import ConvertOptions, denoise
 from sidraw.raw import open_raw
 
@@ -335,6 +335,26 @@ def test_doctor_json() -> None:
     assert res.exit_code == (0 if report["ok"] else 1)
     for m in report["models"]:
         assert m["status"] == "ok" and len(m["sha256"]) == 64
+        assert all(status == "ok" for status in m.get("variants", {}).values())
+
+
+def test_doctor_checks_variant_files(
+    tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sidraw.doctor as doctor_mod
+
+    for f in models_dir.glob("test-bayer.*"):
+        shutil.copy(f, tmp_path)
+    card_path = tmp_path / "test-bayer.json"
+    data = json.loads(card_path.read_text())
+    data["variants"] = {"int8": {"file": "test-bayer.int8.onnx", "sha256": "00" * 32}}
+    card_path.write_text(json.dumps(data))
+    monkeypatch.setattr(doctor_mod, "find_cards", lambda: [load_card(card_path)])
+    (m,) = doctor_mod.report()["models"]
+    assert m["status"] == "ok" and m["variants"] == {"int8": "missing"}
+    (tmp_path / "test-bayer.int8.onnx").write_bytes(b"damaged")
+    (m,) = doctor_mod.report()["models"]
+    assert m["variants"] == {"int8": "sha256 mismatch"}
 
 
 def test_metadata_of_unreadable_source_is_empty() -> None:

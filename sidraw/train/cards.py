@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..model import INT8_MAX_PSNR_DROP
 from ..mosaic import BAYER_CHANNELS, XTRANS_CHANNELS
 from . import noise
 from .evaluate import markdown_table, markdown_table_v1
@@ -523,6 +524,7 @@ def variant_section(card: dict) -> list[str]:
     if not q or "validation" not in q:
         return []
     own = card["validation"]["sets"]
+    chosen = q["psnr_drop_db"] <= INT8_MAX_PSNR_DROP
     lines = [
         "",
         f"## INT8 variant (`{q['file']}`)",
@@ -531,7 +533,9 @@ def variant_section(card: dict) -> list[str]:
         f"`{q['sha256']}`): INT8 QDQ, per-channel int8 weights and uint8 activations, layers in "
         f"float: {q.get('float_layers', 'none')}; calibration: {q.get('calibration', '')}. "
         f"Worst loss against float32 on the validation above: {q['psnr_drop_db']:.2f} dB sRGB, "
-        f"{q['raw_psnr_drop_db']:.2f} dB raw; `--precision auto` uses it only at 0.1 dB or less.",
+        f"{q['raw_psnr_drop_db']:.2f} dB raw; `--precision auto` uses it only at "
+        f"{INT8_MAX_PSNR_DROP} dB or less, "
+        + ("so it does, on CPUs." if chosen else "so it does not."),
         "",
         "| set | fp32 sRGB / raw | int8 sRGB / raw | int8 - fp32 | frames below naive (sRGB, "
         "raw) | min raw | bias | highlight tint |",
