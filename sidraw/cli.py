@@ -363,7 +363,9 @@ def info(
 
 @app.command(cls=opt.Command)
 def sample(
-    path: Annotated[Path, typer.Argument(help="DNG file to write (name ending in .dng).")],
+    path: Annotated[
+        Path, typer.Argument(help="DNG file to write (name ending in .dng), or a folder.")
+    ],
     cfa: Annotated[str, opt.option("--cfa", help="RGGB, GRBG, GBRG, BGGR or xtrans.")] = "RGGB",
     width: Annotated[int, opt.option("--width", help="Photosites across.", min=64)] = 1200,
     height: Annotated[int, opt.option("--height", help="Photosites down.", min=64)] = 800,
@@ -377,6 +379,8 @@ def sample(
     from .sample import write_sample
 
     reporter = Reporter()
+    if path.is_dir():
+        path = path / "sample.dng"
     if path.suffix.lower() != ".dng":
         # The file is a DNG whatever its name; another raw extension would misname it.
         reporter.usage(f"sidraw sample writes DNG files: name it {path.with_suffix('.dng')}")

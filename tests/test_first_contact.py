@@ -357,6 +357,13 @@ def test_sample_refuses_names_it_cannot_honour(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_sample_into_a_folder(tmp_path: Path) -> None:
+    # A folder (such as ".") gets sample.dng in it, not a traceback.
+    res = run("sample", tmp_path, "--width", "64", "--height", "64")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["sample.dng"]
+
+
 def test_format_comes_from_the_content(tmp_path: Path, make_dng) -> None:
     renamed = tmp_path / "x.ARW"
     shutil.copy(make_dng("x.dng", **SMALL), renamed)
