@@ -26,7 +26,8 @@ def conv_flops(model_path: str | Path, channels: int, size: int) -> dict[str, An
         size: edge of the square input in packed pixels.
 
     Returns:
-        ``{"flops": total, "conv": n, "conv_transpose": n, "by_op": {op: flops}}``.
+        ``{"flops": total, "conv": n, "conv_transpose": n, "by_op": {op: flops}, "int8_flops":
+        those of the convolutions whose weights are INT8 (QDQ: a DequantizeLinear output)}``.
 
     Raises:
         ValueError: a convolution whose shapes shape inference could not determine.
@@ -53,6 +54,8 @@ def conv_flops(model_path: str | Path, channels: int, size: int) -> dict[str, An
             shapes[vi.name] = _shape(vi)
     by_op = {"Conv": 0, "ConvTranspose": 0}
     counts = {"Conv": 0, "ConvTranspose": 0}
+    dequantised = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8 = 0
     for node in g.node:
         if node.op_type not in by_op:
             continue
@@ -67,9 +70,11 @@ def conv_flops(model_path: str | Path, channels: int, size: int) -> dict[str, An
         macs = math.prod(ref) * w[1] * math.prod(w[2:])
         by_op[node.op_type] += 2 * macs
         counts[node.op_type] += 1
+        int8 += 2 * macs if node.input[1] in dequantised else 0
     return {
         "flops": sum(by_op.values()),
         "conv": counts["Conv"],
         "conv_transpose": counts["ConvTranspose"],
         "by_op": by_op,
+        "int8_flops": int8,
     }

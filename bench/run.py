@@ -494,21 +494,41 @@ def frame_result(
     if e2e is not None and inproc is not None:
         result["startup_s"] = e2e - inproc  # interpreter start, imports, model load, CLI
     try:
-        counted = conv_flops(model.card.path, len(model.card.channels), tile)
-        result["flops"] = {
-            "per_tile": counted["flops"],
-            "per_frame": counted["flops"] * tiles,
-            "gflop_per_frame": counted["flops"] * tiles / 1e9,
-            "conv_nodes": counted["conv"],
-            "conv_transpose_nodes": counted["conv_transpose"],
-        }
-        conv = convs.get(precision)
-        if conv.get("gflops_per_s"):
-            result["floor_s"] = counted["flops"] * tiles / (conv["gflops_per_s"] * 1e9)
-            result["floor_precision"] = precision
+        result.update(network_floor(model, precision, convs, tile, tiles))
     except (ImportError, ValueError, OSError) as exc:
         result["flops"] = {"error": str(exc)}
     return result
+
+
+def network_floor(
+    model: ModelChoice, precision: str, convs: ConvThroughput, tile: int, tiles: int
+) -> dict[str, Any]:
+    """The network's convolution FLOPs on the frame's ``tiles`` tiles and the time this device's
+    3x3 throughput needs for them: ``{"flops": ..., "floor_s": ..., "floor_precision": ...}``.
+    Counted on the file that runs: an INT8 variant's float layers at the float32 throughput."""
+    card = model.card
+    variant = card.variants.get(precision) if precision == "int8" else None
+    path = card.path.parent / str(variant["file"]) if variant else card.path
+    counted = conv_flops(path, len(card.channels), tile)
+    out: dict[str, Any] = {
+        "flops": {
+            "per_tile": counted["flops"],
+            "per_frame": counted["flops"] * tiles,
+            "gflop_per_frame": counted["flops"] * tiles / 1e9,
+            "int8_share": counted["int8_flops"] / counted["flops"] if counted["flops"] else 0.0,
+            "conv_nodes": counted["conv"],
+            "conv_transpose_nodes": counted["conv_transpose"],
+        }
+    }
+    parts = {"int8": counted["int8_flops"], "fp32": counted["flops"] - counted["int8_flops"]}
+    if precision != "int8":
+        parts = {precision: counted["flops"]}
+    parts = {p: f for p, f in parts.items() if f}
+    rates = {p: convs.get(p).get("gflops_per_s") for p in parts}
+    if parts and all(rates.values()):
+        out["floor_s"] = sum(f * tiles / (rates[p] * 1e9) for p, f in parts.items())
+        out["floor_precision"] = "+".join(parts)
+    return out
 
 
 def tiling_overhead(
