@@ -37,11 +37,15 @@ BELOW_FLOOR = {
 }
 
 
-def _network(cfa: str) -> Network:
+#: What runs on a CPU: ``auto`` (the INT8 variant where the card validates one) and float32.
+PRECISIONS = ["auto", "fp32"]
+
+
+def _network(cfa: str, precision: str) -> Network:
     card = card_for(cfa, os.environ.get("SIDRAW_FLOOR_MODEL"))
     if card.sha256[:16] in BELOW_FLOOR:
         pytest.xfail(f"{card.name} version {card.raw.get('version')} is known to fail the floor")
-    return Network(card, "cpu", threads=1)
+    return Network(card, "cpu", threads=1, precision=precision)
 
 
 def _denoise(net: Network, pair: Pair) -> np.ndarray:
@@ -70,9 +74,10 @@ def _textured_scene(h: int, w: int) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cfa", CFAS)
-def test_a_clean_frame_at_ratio_one_comes_back_unchanged(cfa: str) -> None:
-    net = _network(cfa)
+def test_a_clean_frame_at_ratio_one_comes_back_unchanged(cfa: str, precision: str) -> None:
+    net = _network(cfa, precision)
     rng = np.random.default_rng(1)
     scene = _textured_scene(288, 432)
     pair = make_pair(scene, cfa, rng, ratio=1.0, noise=a7s2_params(0.0939), exposure=1.0)
@@ -86,15 +91,16 @@ def test_a_clean_frame_at_ratio_one_comes_back_unchanged(cfa: str) -> None:
 FLAT_DRAWS = 2
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cfa", CFAS)
-def test_flat_colours_keep_their_colour(cfa: str) -> None:
+def test_flat_colours_keep_their_colour(cfa: str, precision: str) -> None:
     """Five flat patches (a saturated red, green and blue, a grey, a yellow) at K = 0.75 x100:
     over each patch's interior, the mean of every channel within 1 % of the patch's signal.
 
     The bias is measured against the amplified input of the same draws, which is unbiased:
     against the clean frame, the input's own noise would leave about 1 % of sampling error per
     draw on these patches, as much as the limit."""
-    net = _network(cfa)
+    net = _network(cfa, precision)
     rng = np.random.default_rng(2)
     block = 2 if cfa == "bayer" else 3
     h, w = 144 * block, 216 * block  # 144 x 216 packed pixels for either CFA
