@@ -312,6 +312,10 @@ class Network:
         threads: intra-op threads (default: physical cores).
         precision: ``"auto"``, ``"fp32"``, ``"int8"`` (CPUs) or ``"fp16"`` (GPUs); see
             :func:`choose_file`.
+
+    Attributes:
+        precision: the precision chosen (never ``"auto"``).
+        path, sha256: the ONNX file that runs (a variant's for ``int8``) and its checked sha256.
     """
 
     def __init__(
