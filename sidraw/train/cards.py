@@ -11,7 +11,7 @@ import torch
 from ..model import INT8_MAX_PSNR_DROP
 from ..mosaic import BAYER_CHANNELS, XTRANS_CHANNELS
 from . import noise
-from .evaluate import markdown_table, markdown_table_v1
+from .evaluate import gain_cell, markdown_table, markdown_table_v1, srgb_cell
 from .export import OPSET, sha256_file
 from .loop import TrainConfig
 from .unet import DOWNSAMPLE, UNet, count_params, gflops_per_megapixel
@@ -560,11 +560,9 @@ def variant_section(card: dict) -> list[str]:
         for ratio, m in q["sweep"].items():
             e = card["validation"]["sweep"][ratio]
             b, f = e["bm3d"], e["model"]
-            gain, ssim_gain = m["srgb_psnr"] - b["srgb_psnr"], m["srgb_ssim"] - b["srgb_ssim"]
             lines.append(
-                f"| {ratio} | {b['srgb_psnr']:.2f} / {b['srgb_ssim']:.3f} | {f['srgb_psnr']:.2f} / "
-                f"{f['srgb_ssim']:.3f} | {m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f} | "
-                f"{gain:+.2f} dB / {ssim_gain:+.3f} |"
+                f"| {ratio} | {srgb_cell(b)} | {srgb_cell(f)} | {srgb_cell(m)} | "
+                f"{gain_cell(m, b)} |"
             )
     if "speed" in q:
         lines += ["", q["speed"]]

@@ -681,13 +681,19 @@ def markdown_table(summary: dict) -> str:
         ]
         for r, avg in summary["sweep"].items():
             b, m = avg["bm3d"], avg["model"]
-            d_psnr, d_ssim = m["srgb_psnr"] - b["srgb_psnr"], m["srgb_ssim"] - b["srgb_ssim"]
-            lines.append(
-                f"| {r} | {b['srgb_psnr']:.2f} / {b['srgb_ssim']:.3f} | "
-                f"{m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f} | "
-                f"{d_psnr:+.2f} dB / {d_ssim:+.3f} |"
-            )
+            lines.append(f"| {r} | {srgb_cell(b)} | {srgb_cell(m)} | {gain_cell(m, b)} |")
     return "\n".join(lines) + "\n"
+
+
+def srgb_cell(m: dict) -> str:
+    """``sRGB PSNR / SSIM`` of a row of figures, for the tables."""
+    return f"{m['srgb_psnr']:.2f} / {m['srgb_ssim']:.3f}"
+
+
+def gain_cell(m: dict, base: dict) -> str:
+    """``+x.xx dB / +y.yyy``: sRGB PSNR and SSIM of ``m`` over ``base``."""
+    psnr_gain, ssim_gain = m["srgb_psnr"] - base["srgb_psnr"], m["srgb_ssim"] - base["srgb_ssim"]
+    return f"{psnr_gain:+.2f} dB / {ssim_gain:+.3f}"
 
 
 def markdown_table_v1(summary: dict) -> str:
