@@ -520,10 +520,9 @@ def network_floor(
             "conv_transpose_nodes": counted["conv_transpose"],
         }
     }
-    parts = {"int8": counted["int8_flops"], "fp32": counted["flops"] - counted["int8_flops"]}
-    if precision != "int8":
-        parts = {precision: counted["flops"]}
-    parts = {p: f for p, f in parts.items() if f}
+    int8, total = counted["int8_flops"], counted["flops"]
+    split = {"int8": int8, "fp32": total - int8} if precision == "int8" else {precision: total}
+    parts = {p: f for p, f in split.items() if f}
     rates = {p: convs.get(p).get("gflops_per_s") for p in parts}
     if parts and all(rates.values()):
         out["floor_s"] = sum(f * tiles / (rates[p] * 1e9) for p, f in parts.items())

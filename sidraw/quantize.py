@@ -280,9 +280,9 @@ def _float_nodes(path: Path, layers: Int8Layers, level: int) -> list[str] | None
 
     from .unet_split import deep_nodes
 
-    model = onnx.load(os.fspath(path))
-    deep = set(deep_nodes(model.SerializeToString(), level))
-    return [n.name for n in model.graph.node if n.name not in deep]
+    data = Path(path).read_bytes()
+    deep = set(deep_nodes(data, level))
+    return [n.name for n in onnx.load_from_string(data).graph.node if n.name not in deep]
 
 
 def main(argv: list[str] | None = None) -> None:
